@@ -166,6 +166,7 @@ fn tiny_head(hidden: usize, seed: u64) -> (candle_core::Var, ClassifierHead) {
     let var = ClassificationLoss::new_head(2, hidden, 0.02, seed, &Device::Cpu).unwrap();
     let head = ClassifierHead {
         weight: var.as_tensor().clone(),
+        center: None,
         config: HeadConfig {
             labels: vec!["safe".into(), "unsafe".into()],
             problem_type: ProblemType::SingleLabel,
@@ -202,7 +203,7 @@ fn classification_loss_reaches_every_trainable_tensor_and_training_separates_cla
     }
     // Non-zero gradient for every trainable tensor (LoRA B starts at zero, so A's gradient is
     // zero on the first step by construction: take one step first, as the SFT test does).
-    let mut rule = ClassificationLoss { head, pad_id: tok.pad_id() };
+    let mut rule = ClassificationLoss { head, pad_id: tok.pad_id(), prefix: None };
     let cfg = TrainerConfig { epochs: 40, batch_size: 3, lr: 2e-2, max_grad_norm: None, seed: 1, ..Default::default() };
     let batch = TrainBatch {
         input_ids: examples.iter().map(|e| e.input_ids.clone()).collect(),
@@ -258,4 +259,52 @@ fn a_gguf_or_causal_checkpoint_is_not_a_classifier() {
     assert!(e.contains("GGUF"), "{e}");
     let e = model::load_classifier(tiny("llama_gqa").to_str().unwrap(), &LoadOptions::default()).err().unwrap().to_string();
     assert!(e.contains("score.weight") && e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn cached_frozen_prefix_gives_the_same_loss_and_gradients() {
+    let mut lm = model::load(tiny("llama_gqa").to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let lora = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "down_proj".into()],
+        layers_to_transform: Some(vec![1]),
+    };
+    add_lora(&mut lm.model, &lora, 3).unwrap();
+    // Non-zero B so that every LoRA tensor gets a gradient at once.
+    for (name, v) in lm.model.lora_params() {
+        if name.contains("lora_B") {
+            v.set(&Tensor::ones(v.shape(), DType::F32, &Device::Cpu).unwrap().affine(0.01, 0.0).unwrap()).unwrap();
+        }
+    }
+    assert_eq!(train::classify::first_trainable_layer(&lm.model), Some(1));
+    let (var, _) = tiny_head(lm.model.config.hidden_size, 9);
+    let mut params = lm.model.trainable_params();
+    params.push(("score.weight".into(), var));
+    let tok = &lm.tokenizer;
+    let examples: Vec<_> = ["The fox jumps.", "A careful assistant answers questions honestly and helpfully.", "The fox jumps."]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| classification_example(tok.encode(t, true).unwrap(), i % 2).unwrap())
+        .collect();
+    let seqs: Vec<Vec<u32>> = examples.iter().map(|e| e.input_ids.clone()).collect();
+    let prefix = runner::train::FrozenPrefix::compute(&lm.model, &seqs, 1, 2).unwrap();
+    assert!(runner::train::FrozenPrefix::compute(&lm.model, &seqs, 2, 2).is_err(), "layer 1 trains: cannot cache it");
+    let batch = TrainBatch { input_ids: seqs.clone(), labels: examples.iter().map(|e| e.labels.clone()).collect() };
+    let opts = ForwardOptions::training(None);
+    use runner::train::GradientRule;
+    let mut full = ClassificationLoss { head: tiny_head(lm.model.config.hidden_size, 9).1, pad_id: 0, prefix: None };
+    full.head.weight = params.last().unwrap().1.as_tensor().clone();
+    let mut cached = ClassificationLoss { head: tiny_head(lm.model.config.hidden_size, 9).1, pad_id: 0, prefix: Some(prefix) };
+    cached.head.weight = params.last().unwrap().1.as_tensor().clone();
+    let (l1, g1) = full.gradients(&lm.model, &params, std::slice::from_ref(&batch), &opts).unwrap();
+    let (l2, g2) = cached.gradients(&lm.model, &params, &[batch], &opts).unwrap();
+    assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
+    for ((name, a), b) in g1.names.iter().zip(&g1.tensors).zip(&g2.tensors) {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let n = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(n > 0.0, "{name} gets no gradient");
+        assert!(d <= 1e-4 * n.max(1e-3), "{name}: {d} (scale {n})");
+    }
 }

@@ -40,6 +40,9 @@ fn trained_refusal_classifier_and_llm_judges_run_end_to_end() {
     for f in ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "score.safetensors", "classifier.json", "lineage.json"] {
         assert!(judge.join(f).is_file(), "{f} missing");
     }
+    let head = candle_core::safetensors::load(judge.join("score.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(head["score.weight"].dims(), &[2, 64]);
+    assert_eq!(head["score.center"].dims(), &[64]);
     let lineage: serde_json::Value = serde_json::from_str(&read(&judge.join("lineage.json"))).unwrap();
     assert_eq!(lineage["adapters"], serde_json::json!([]), "the judge does not change the pipeline's model");
     let info: serde_json::Value = serde_json::from_str(&read(&judge.join("classifier.json"))).unwrap();

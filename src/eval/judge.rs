@@ -359,12 +359,13 @@ pub fn load_trained_judge(
     let mut m = lm.model;
     model::load_adapter(&mut m, &dir.join(&info.adapter))?;
     m.merge_adapters()?;
-    let weight = model::classify::load_head_weight(&dir.join(&info.head), info.labels.len(), m.config.hidden_size, &env.device)?;
+    let (weight, center) = model::classify::load_head(&dir.join(&info.head), info.labels.len(), m.config.hidden_size, &env.device)?;
     if info.unsafe_label >= info.labels.len() {
         return Err(ModelError::Config { path: info_path, key: "unsafe_label".into(), msg: "out of range".into() });
     }
     let head = ClassifierHead {
         weight,
+        center,
         config: HeadConfig { labels: info.labels.clone(), problem_type: ProblemType::SingleLabel, pooling: Pooling::LastValid },
     };
     let classifier = SequenceClassifier { model: m, tokenizer: lm.tokenizer, head };

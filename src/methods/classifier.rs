@@ -1,7 +1,8 @@
 //! The `classifier` train method: a safe/unsafe judge trained by the runner. LoRA (from
 //! `[model.lora]`) on the base model plus a fresh f32 score head (2 labels: safe, unsafe) read at
 //! the last token of the judge input, trained with cross-entropy on labelled responses. Writes
-//! `adapter/` (PEFT), `score.safetensors` (`score.weight`) and `classifier.json`
+//! `adapter/` (PEFT), `score.safetensors` (`score.weight`, and `score.center`: the mean pooled
+//! state of the training inputs before training, subtracted before the head) and `classifier.json`
 //! ([`TrainedJudgeInfo`]) into the stage directory; an eval stage uses it with
 //! `judge = { kind = "trained", stage = "<this stage's id>" }`.
 //!
@@ -10,6 +11,7 @@
 //! `lineage.json` is its parent's, so the stage after it continues from the same model as if the
 //! judge stage were not there.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -17,10 +19,10 @@ use super::load_dataset;
 use super::sft::lora_config;
 use crate::eval::judge::{strip_control_tokens, JudgeTemplate, TrainedJudgeInfo};
 use crate::exec::{ExecError, StageContext};
-use crate::model::{self, ClassifierHead, HeadConfig, LoadOptions, Pooling, ProblemType};
+use crate::model::{self, ClassifierHead, ForwardOptions, HeadConfig, LoadOptions, Pooling, ProblemType};
 use crate::plan::ParamError;
 use crate::store;
-use crate::train::{self, classification_example, ClassificationLoss, ScheduleKind, TrainerConfig};
+use crate::train::{self, classification_example, ClassificationLoss, FrozenPrefix, ScheduleKind, TrainerConfig};
 
 /// Label order of trained judges: index 1 is unsafe.
 pub const LABELS: [&str; 2] = ["safe", "unsafe"];
@@ -164,9 +166,20 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
     let head = ClassificationLoss::new_head(LABELS.len(), hidden, p.head_init_std, ctx.config.seed.wrapping_add(17), &ctx.device)?;
     let mut params = lm.model.trainable_params();
     params.push(("score.weight".to_string(), head.clone()));
+    // Blocks below the lowest adapter never change: run them once per example, not per step.
+    let prefix = match train::classify::first_trainable_layer(&lm.model) {
+        Some(layer) if layer > 0 => {
+            let seqs: Vec<Vec<u32>> = examples.iter().map(|e| e.input_ids.clone()).collect();
+            tracing::info!(layer, "caching the frozen blocks below the adapters");
+            Some(FrozenPrefix::compute(&lm.model, &seqs, layer, p.batch_size)?)
+        }
+        _ => None,
+    };
     let mut rule = ClassificationLoss {
+        prefix,
         head: ClassifierHead {
             weight: head.as_tensor().clone(),
+            center: None,
             config: HeadConfig {
                 labels: LABELS.iter().map(|s| s.to_string()).collect(),
                 problem_type: ProblemType::SingleLabel,
@@ -175,6 +188,20 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
         },
         pad_id: tok.pad_id(),
     };
+    // Center the pooled states on their mean over (up to 64 of) the training inputs, as the
+    // model is before training (the adapters start at zero).
+    let sample: Vec<Vec<u32>> = examples.iter().take(64).map(|e| e.input_ids.clone()).collect();
+    let mut sum: Option<Tensor> = None;
+    for chunk in sample.chunks(p.batch_size.max(1)) {
+        let feats = train::classify::pooled_states(&lm.model, &rule.head, chunk, rule.pad_id, rule.prefix.as_ref())?;
+        let s = feats.sum(0).map_err(model::ModelError::from)?;
+        sum = Some(match sum {
+            Some(acc) => (acc + s).map_err(model::ModelError::from)?,
+            None => s,
+        });
+    }
+    let center = sum.expect("at least one example").affine(1.0 / sample.len() as f64, 0.0).map_err(model::ModelError::from)?;
+    rule.head.center = Some(center);
     let cfg = p.trainer(ctx.config.seed);
     let total = train::trainer::total_steps(examples.len(), &cfg);
     let bar = crate::exec::step_progress(total as u64, &ctx.config.name);
@@ -190,9 +217,24 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
     if let Some(e) = log_err {
         return Err(e);
     }
+    // Accuracy on the training examples (how well the head fits them).
+    let mut correct = 0usize;
+    for chunk in examples.chunks(p.batch_size.max(1)) {
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.input_ids.clone()).collect();
+        let logits = train::classify::classification_logits(
+            &lm.model,
+            &rule.head,
+            &seqs,
+            rule.pad_id,
+            rule.prefix.as_ref(),
+            &ForwardOptions::inference(),
+        )?;
+        let pred: Vec<u32> = logits.argmax(1).and_then(|t| t.to_vec1()).map_err(model::ModelError::from)?;
+        correct += chunk.iter().zip(pred).filter(|(e, p)| e.labels.last().copied() == Some(*p as i64)).count();
+    }
 
     model::save_adapter(&lm.model, &lora, &ctx.config.model.path, &ctx.dir.join("adapter"))?;
-    model::classify::save_head(head.as_tensor(), &ctx.dir.join("score.safetensors"))?;
+    model::classify::save_head(head.as_tensor(), rule.head.center.as_ref(), &ctx.dir.join("score.safetensors"))?;
     let info = TrainedJudgeInfo {
         base_model: ctx.config.model.path.clone(),
         dtype: ctx.config.model.dtype,
@@ -211,6 +253,7 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
         ("train_mean_loss".to_string(), summary.mean_loss),
         ("train_steps".to_string(), summary.steps as f64),
         ("train_examples".to_string(), examples.len() as f64),
+        ("train_acc".to_string(), 100.0 * correct as f64 / examples.len().max(1) as f64),
         ("train_unsafe_share".to_string(), 100.0 * unsafe_n as f64 / items.len().max(1) as f64),
     ]))
 }

@@ -96,10 +96,15 @@ impl HeadConfig {
     }
 }
 
-/// A classification head on top of a [`CausalLm`]'s final hidden states.
+/// A classification head on top of a [`CausalLm`]'s final hidden states:
+/// `logits = weight · (h - center)`.
 pub struct ClassifierHead {
     /// `[num_labels, hidden]`; the tensor of a `Var` when the head is trained.
     pub weight: Tensor,
+    /// `[hidden]` f32, subtracted from the pooled state before the head (heads the runner
+    /// trains: final hidden states share a large common component that makes a plain linear
+    /// head ill-conditioned); `None` for transformers' heads.
+    pub center: Option<Tensor>,
     pub config: HeadConfig,
 }
 
@@ -138,13 +143,28 @@ impl ClassifierHead {
         };
         let batch = PaddedBatch::new(seqs, pad, padding, &model.device)?;
         let padded: Vec<Vec<u32>> = batch.ids.to_vec2()?;
-        let width = padded.first().map_or(0, Vec::len);
-        let rows: Vec<u32> =
-            self.pooled_positions(&padded, &batch.valid).into_iter().enumerate().map(|(b, t)| (b * width + t) as u32).collect();
         let hidden = model.forward_hidden(&batch.ids, &batch.positions, &batch.valid, None, opts)?;
-        let pooled = hidden.flatten_to(1)?.index_select(&Tensor::new(rows.as_slice(), &model.device)?, 0)?;
+        self.score(&hidden, &padded, &batch.valid)
+    }
+
+    /// Pooled logits `[B, num_labels]` (f32) from final hidden states `[B, T, H]` of a padded
+    /// batch (`padded_ids`, `valid`: its ids and padding mask).
+    pub fn score(&self, hidden: &Tensor, padded_ids: &[Vec<u32>], valid: &[Vec<bool>]) -> Result<Tensor> {
+        let mut pooled = self.pool(hidden, padded_ids, valid)?;
+        if let Some(c) = &self.center {
+            pooled = pooled.broadcast_sub(c)?;
+        }
         let w = self.weight.to_dtype(DType::F32)?;
-        Ok(pooled.to_dtype(DType::F32)?.matmul(&w.t()?)?)
+        Ok(pooled.matmul(&w.t()?)?)
+    }
+
+    /// The pooled hidden states `[B, H]` (f32) the head reads.
+    pub fn pool(&self, hidden: &Tensor, padded_ids: &[Vec<u32>], valid: &[Vec<bool>]) -> Result<Tensor> {
+        let width = hidden.dim(1)?;
+        let rows: Vec<u32> =
+            self.pooled_positions(padded_ids, valid).into_iter().enumerate().map(|(b, t)| (b * width + t) as u32).collect();
+        let pooled = hidden.flatten_to(1)?.index_select(&Tensor::new(rows.as_slice(), hidden.device())?, 0)?;
+        Ok(pooled.to_dtype(DType::F32)?)
     }
 
     /// Per-label probabilities: sigmoid (multi-label) or softmax (single-label) of `logits`.
@@ -221,30 +241,38 @@ pub fn load_classifier(reference: &str, opts: &LoadOptions) -> Result<SequenceCl
     let model = CausalLm::load(config, weights, opts.trainable)?;
     let tokenizer = TextTokenizer::from_hf_dir(&dir)?;
     tracing::info!(model = reference, labels = head_config.labels.len(), "classifier loaded");
-    Ok(SequenceClassifier { model, tokenizer, head: ClassifierHead { weight, config: head_config } })
+    Ok(SequenceClassifier { model, tokenizer, head: ClassifierHead { weight, center: None, config: head_config } })
 }
 
-/// Loads a head saved by [`save_head`] (`score.weight`, f32).
-pub fn load_head_weight(path: &Path, num_labels: usize, hidden: usize, device: &candle_core::Device) -> Result<Tensor> {
+/// Loads a head saved by [`save_head`]: `score.weight` and, if present, `score.center` (f32).
+pub fn load_head(path: &Path, num_labels: usize, hidden: usize, device: &candle_core::Device) -> Result<(Tensor, Option<Tensor>)> {
     let tensors = candle_core::safetensors::load(path, device)
         .map_err(|e| ModelError::CorruptFile { path: path.to_path_buf(), msg: e.to_string() })?;
-    let w =
-        tensors.get("score.weight").ok_or_else(|| ModelError::MissingTensor { path: path.to_path_buf(), tensor: "score.weight".into() })?;
-    if w.dims() != [num_labels, hidden] {
-        return Err(ModelError::ShapeMismatch {
-            path: path.to_path_buf(),
-            tensor: "score.weight".into(),
-            expected: vec![num_labels, hidden],
-            found: w.dims().to_vec(),
-        });
-    }
-    Ok(w.to_dtype(DType::F32)?)
+    let get = |name: &str, shape: &[usize]| -> Result<Option<Tensor>> {
+        let Some(t) = tensors.get(name) else { return Ok(None) };
+        if t.dims() != shape {
+            return Err(ModelError::ShapeMismatch {
+                path: path.to_path_buf(),
+                tensor: name.into(),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        Ok(Some(t.to_dtype(DType::F32)?))
+    };
+    let w = get("score.weight", &[num_labels, hidden])?
+        .ok_or_else(|| ModelError::MissingTensor { path: path.to_path_buf(), tensor: "score.weight".into() })?;
+    Ok((w, get("score.center", &[hidden])?))
 }
 
-/// Writes the head as `score.weight` (transformers' name) in a safetensors file.
-pub fn save_head(weight: &Tensor, path: &Path) -> Result<()> {
+/// Writes the head as `score.weight` (transformers' name), and its center as `score.center`, in
+/// a safetensors file.
+pub fn save_head(weight: &Tensor, center: Option<&Tensor>, path: &Path) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
-    let map = std::collections::HashMap::from([("score.weight".to_string(), weight.to_dtype(DType::F32)?)]);
+    let mut map = std::collections::HashMap::from([("score.weight".to_string(), weight.to_dtype(DType::F32)?)]);
+    if let Some(c) = center {
+        map.insert("score.center".to_string(), c.to_dtype(DType::F32)?);
+    }
     candle_core::safetensors::save(&map, &tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))?;
     Ok(())
@@ -277,6 +305,7 @@ mod tests {
     fn pooling_takes_rightmost_non_pad_or_last_valid() {
         let head = ClassifierHead {
             weight: Tensor::zeros((2, 4), DType::F32, &candle_core::Device::Cpu).unwrap(),
+            center: None,
             config: HeadConfig {
                 labels: vec!["a".into(), "b".into()],
                 problem_type: ProblemType::SingleLabel,
@@ -288,5 +317,31 @@ mod tests {
         assert_eq!(head.pooled_positions(&ids, &valid), vec![3, 1, 2, 0]);
         let head = ClassifierHead { config: HeadConfig { pooling: Pooling::LastValid, ..head.config }, ..head };
         assert_eq!(head.pooled_positions(&ids, &valid), vec![3, 1, 3, 3]);
+    }
+
+    #[test]
+    fn centered_head_scores_weight_times_centered_state() {
+        let dev = candle_core::Device::Cpu;
+        let head = ClassifierHead {
+            weight: Tensor::new(&[[1f32, 0.0], [0.0, 2.0]], &dev).unwrap(),
+            center: Some(Tensor::new(&[1f32, 1.0], &dev).unwrap()),
+            config: HeadConfig {
+                labels: vec!["a".into(), "b".into()],
+                problem_type: ProblemType::SingleLabel,
+                pooling: Pooling::LastValid,
+            },
+        };
+        // hidden [1, 2, 2]: the head reads position 1 = [3, 5] -> W([3,5] - [1,1]) = [2, 8].
+        let hidden = Tensor::new(&[[[9f32, 9.0], [3.0, 5.0]]], &dev).unwrap();
+        let logits = head.score(&hidden, &[vec![7, 8]], &[vec![true, true]]).unwrap();
+        assert_eq!(logits.to_vec2::<f32>().unwrap(), vec![vec![2.0, 8.0]]);
+        let p = head.probabilities(&logits).unwrap();
+        assert!((p[0][1] - 1.0 / (1.0 + (-6f32).exp())).abs() < 1e-6);
+        let dir = tempfile::tempdir().unwrap();
+        save_head(&head.weight, head.center.as_ref(), &dir.path().join("h.safetensors")).unwrap();
+        let (w, c) = load_head(&dir.path().join("h.safetensors"), 2, 2, &dev).unwrap();
+        assert_eq!(w.to_vec2::<f32>().unwrap(), head.weight.to_vec2::<f32>().unwrap());
+        assert_eq!(c.unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        assert!(load_head(&dir.path().join("h.safetensors"), 3, 2, &dev).unwrap_err().to_string().contains("score.weight"));
     }
 }

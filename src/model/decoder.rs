@@ -178,16 +178,43 @@ impl CausalLm {
         mut cache: Option<&mut KvCache>,
         opts: &ForwardOptions,
     ) -> Result<Tensor> {
+        let x = self.embed(input_ids)?;
+        let x = self.forward_blocks(x, positions, valid, 0..self.blocks.len(), cache.as_deref_mut(), opts)?;
+        if let Some(cache) = cache {
+            for (row, v) in cache.valid.iter_mut().zip(valid) {
+                row.extend_from_slice(v);
+            }
+        }
+        self.final_norm(&x, opts)
+    }
+
+    /// Token embeddings `[B, T, H]` for ids `[B, T]`.
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (bsz, t) = input_ids.dims2()?;
+        Ok(self.embed.index_select(&input_ids.flatten_all()?, 0)?.reshape((bsz, t, self.config.hidden_size))?)
+    }
+
+    /// Runs the blocks `layers` on the residual stream `x` `[B, T, H]` entering the first of
+    /// them (no final norm). With a cache, keys/values of these layers are appended; the caller
+    /// extends `cache.valid` once all layers ran (as [`Self::forward_hidden`] does).
+    pub fn forward_blocks(
+        &self,
+        mut x: Tensor,
+        positions: &Tensor,
+        valid: &[Vec<bool>],
+        layers: std::ops::Range<usize>,
+        mut cache: Option<&mut KvCache>,
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
+        let (bsz, t) = positions.dims2()?;
         let c = &self.config;
         let mask = match cache.as_deref() {
             Some(cache) => causal_padding_mask(&cache.valid, valid, &self.device)?,
             None => causal_padding_mask(&vec![Vec::new(); bsz], valid, &self.device)?,
         };
         let rot = RotaryAngles::new(positions, &self.inv_freq, self.dtype)?;
-        let mut x = self.embed.index_select(&input_ids.flatten_all()?, 0)?.reshape((bsz, t, c.hidden_size))?;
         let eps = c.norm_eps;
-        for (i, block) in self.blocks.iter().enumerate() {
+        for (i, block) in self.blocks.iter().enumerate().skip(layers.start).take(layers.len()) {
             let normed = block.norm1.forward(&x, eps, opts)?;
             let (q, k, v) = match &block.proj {
                 AttentionProj::Separate { q, k, v } => {
@@ -234,12 +261,12 @@ impl CausalLm {
             };
             x = opts.apply_hook(HookPoint::LayerOutput, i, x)?;
         }
-        if let Some(cache) = cache {
-            for (row, v) in cache.valid.iter_mut().zip(valid) {
-                row.extend_from_slice(v);
-            }
-        }
-        Ok(self.final_norm.forward(&x, eps, opts)?)
+        Ok(x)
+    }
+
+    /// The final norm applied to the residual stream.
+    pub fn final_norm(&self, x: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
+        Ok(self.final_norm.forward(x, self.config.norm_eps, opts)?)
     }
 
     /// Logit lens: the final norm and the output head applied to an intermediate residual stream.

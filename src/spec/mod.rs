@@ -212,10 +212,14 @@ pub fn typed(document: &Table, sources: &Sources, overrides: &[(String, Origin)]
 
 /// Makes relative file paths absolute: `model.path`, every `data.*.path` and the `model` of
 /// every judge table in a stage (`judge = { model = ... }`). A path is taken from the current
-/// directory when it exists there, else from the spec file's directory. A model path found in
-/// neither stays as written (a hub id).
+/// directory when it exists there, else from the spec file's directory; `~/` is the home
+/// directory. A model path found in neither stays as written (a hub id).
 pub fn resolve_paths(spec: &mut Spec, spec_dir: &Path) {
     let resolve = |p: &str| -> Option<String> {
+        // `~/...` is the home directory, as a shell would expand it.
+        if let (Some(rest), Some(home)) = (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+            return Some(Path::new(&home).join(rest).to_string_lossy().into_owned());
+        }
         let path = Path::new(p);
         if path.is_absolute() {
             return None;

@@ -4,13 +4,18 @@
 //! the last position (where the head reads the hidden state) and `IGNORE_INDEX` elsewhere, so the
 //! trainer's shuffling, batching, accumulation weights (one target per example), clipping,
 //! schedule and AdamW apply unchanged; [`ClassificationLoss`] reads the classes back.
+//!
+//! When only upper layers train (LoRA on a few top layers, the usual judge set-up), the blocks
+//! below them compute the same hidden states at every step: [`FrozenPrefix`] computes them
+//! once per distinct example (inference kernels) and the steps run only the trainable top.
 
 use candle_core::{Tensor, Var};
+use std::collections::HashMap;
 
 use super::loss::{cross_entropy, TrainBatch, IGNORE_INDEX};
 use super::trainer::{Example, GradientRule};
 use super::Gradients;
-use crate::model::{CausalLm, ClassifierHead, ForwardOptions, ModelError, Padding, Result};
+use crate::model::{CausalLm, ClassifierHead, ForwardOptions, ModelError, PaddedBatch, Padding, Result};
 
 /// A classification example: `class` at the last position, `IGNORE_INDEX` elsewhere.
 pub fn classification_example(input_ids: Vec<u32>, class: usize) -> Result<Example> {
@@ -35,6 +40,77 @@ pub fn batch_classes(batch: &TrainBatch) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// The lowest block with a trainable tensor: `Some(0)` when base weights train, `None` when
+/// nothing in the blocks trains.
+pub fn first_trainable_layer(model: &CausalLm) -> Option<usize> {
+    if !model.full_params().is_empty() {
+        return Some(0);
+    }
+    model
+        .linears()
+        .into_iter()
+        .filter(|l| l.lora.is_some())
+        .filter_map(|l| {
+            let mut parts = l.name.split('.');
+            parts.by_ref().find(|p| *p == "layers")?;
+            parts.next()?.parse::<usize>().ok()
+        })
+        .min()
+}
+
+/// The residual stream entering block `layer`, computed once per distinct token sequence with
+/// inference kernels. Valid only while no block below `layer` holds a trainable tensor (checked
+/// by [`FrozenPrefix::compute`]) and no hook applies there (the trainer sets none).
+pub struct FrozenPrefix {
+    pub layer: usize,
+    states: HashMap<Vec<u32>, Tensor>,
+}
+
+impl FrozenPrefix {
+    /// Runs blocks `0..layer` on every sequence, `batch_size` at a time (right padding).
+    pub fn compute(model: &CausalLm, seqs: &[Vec<u32>], layer: usize, batch_size: usize) -> Result<Self> {
+        if first_trainable_layer(model).is_some_and(|first| first < layer) || layer > model.num_layers() {
+            return Err(ModelError::Input(format!("blocks below layer {layer} are not frozen; cannot cache them")));
+        }
+        let mut distinct: Vec<&Vec<u32>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for s in seqs {
+            if seen.insert(s) {
+                distinct.push(s);
+            }
+        }
+        let opts = ForwardOptions::inference();
+        let mut states = HashMap::with_capacity(distinct.len());
+        for chunk in distinct.chunks(batch_size.max(1)) {
+            let owned: Vec<Vec<u32>> = chunk.iter().map(|s| (*s).clone()).collect();
+            let batch = PaddedBatch::new(&owned, 0, Padding::Right, &model.device)?;
+            let x = model.embed(&batch.ids)?;
+            let x = model.forward_blocks(x, &batch.positions, &batch.valid, 0..layer, None, &opts)?;
+            for (b, s) in owned.into_iter().enumerate() {
+                let row = x.get(b)?.narrow(0, 0, s.len())?.contiguous()?;
+                states.insert(s, row);
+            }
+        }
+        Ok(Self { layer, states })
+    }
+
+    /// Final hidden states `[B, T, H]` of a right-padded batch of cached sequences: the cached
+    /// prefix, then blocks `layer..` and the final norm with `opts`.
+    pub fn hidden(&self, model: &CausalLm, seqs: &[Vec<u32>], opts: &ForwardOptions) -> Result<(Tensor, PaddedBatch)> {
+        let batch = PaddedBatch::new(seqs, 0, Padding::Right, &model.device)?;
+        let width = batch.ids.dim(1)?;
+        let mut rows = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            let st = self.states.get(s).ok_or_else(|| ModelError::Input("a sequence without a cached prefix".into()))?;
+            let pad = width - s.len();
+            rows.push(if pad == 0 { st.clone() } else { st.pad_with_zeros(0, 0, pad)? });
+        }
+        let x = Tensor::stack(&rows, 0)?;
+        let x = model.forward_blocks(x, &batch.positions, &batch.valid, self.layer..model.num_layers(), None, opts)?;
+        Ok((model.final_norm(&x, opts)?, batch))
+    }
+}
+
 /// Mean cross-entropy of the head's pooled logits against the batch's classes.
 pub fn classification_loss(
     model: &CausalLm,
@@ -43,11 +119,66 @@ pub fn classification_loss(
     pad_id: u32,
     opts: &ForwardOptions,
 ) -> Result<Tensor> {
+    classification_loss_with(model, head, batch, pad_id, None, opts)
+}
+
+fn check_classes(head: &ClassifierHead, batch: &TrainBatch) -> Result<Vec<u32>> {
     let classes = batch_classes(batch)?;
     if let Some(c) = classes.iter().find(|&&c| c as usize >= head.num_labels()) {
         return Err(ModelError::Input(format!("class {c} is outside the head's {} labels", head.num_labels())));
     }
-    let logits = head.logits(model, &batch.input_ids, pad_id, Padding::Right, opts)?;
+    Ok(classes)
+}
+
+/// Pooled logits of a batch, through the cached prefix when there is one.
+pub fn classification_logits(
+    model: &CausalLm,
+    head: &ClassifierHead,
+    seqs: &[Vec<u32>],
+    pad_id: u32,
+    prefix: Option<&FrozenPrefix>,
+    opts: &ForwardOptions,
+) -> Result<Tensor> {
+    match prefix {
+        Some(p) => {
+            let (hidden, batch) = p.hidden(model, seqs, opts)?;
+            let ids: Vec<Vec<u32>> = batch.ids.to_vec2()?;
+            head.score(&hidden, &ids, &batch.valid)
+        }
+        None => head.logits(model, seqs, pad_id, Padding::Right, opts),
+    }
+}
+
+/// The pooled (f32) final hidden states `[B, H]` the head reads, without gradient.
+pub fn pooled_states(
+    model: &CausalLm,
+    head: &ClassifierHead,
+    seqs: &[Vec<u32>],
+    pad_id: u32,
+    prefix: Option<&FrozenPrefix>,
+) -> Result<Tensor> {
+    let opts = ForwardOptions::inference();
+    let (hidden, batch) = match prefix {
+        Some(p) => p.hidden(model, seqs, &opts)?,
+        None => {
+            let batch = PaddedBatch::new(seqs, pad_id, Padding::Right, &model.device)?;
+            (model.forward_hidden(&batch.ids, &batch.positions, &batch.valid, None, &opts)?, batch)
+        }
+    };
+    let ids: Vec<Vec<u32>> = batch.ids.to_vec2()?;
+    Ok(head.pool(&hidden, &ids, &batch.valid)?.detach())
+}
+
+fn classification_loss_with(
+    model: &CausalLm,
+    head: &ClassifierHead,
+    batch: &TrainBatch,
+    pad_id: u32,
+    prefix: Option<&FrozenPrefix>,
+    opts: &ForwardOptions,
+) -> Result<Tensor> {
+    let classes = check_classes(head, batch)?;
+    let logits = classification_logits(model, head, &batch.input_ids, pad_id, prefix, opts)?;
     Ok(cross_entropy(&logits, &Tensor::new(classes.as_slice(), &model.device)?)?)
 }
 
@@ -57,6 +188,8 @@ pub fn classification_loss(
 pub struct ClassificationLoss {
     pub head: ClassifierHead,
     pub pad_id: u32,
+    /// Cached frozen blocks (see [`FrozenPrefix`]); `None` runs the whole model.
+    pub prefix: Option<FrozenPrefix>,
 }
 
 impl ClassificationLoss {
@@ -89,7 +222,7 @@ impl GradientRule for ClassificationLoss {
         let mut sum = Gradients::zeros(params)?;
         let mut loss_sum = 0.0;
         for mb in micro_batches {
-            let loss = classification_loss(model, &self.head, mb, self.pad_id, opts)?;
+            let loss = classification_loss_with(model, &self.head, mb, self.pad_id, self.prefix.as_ref(), opts)?;
             let w = mb.input_ids.len() as f64 / total.max(1) as f64;
             loss_sum += loss.to_scalar::<f32>()? as f64 * w;
             sum.add_scaled(&Gradients::of(&loss, params)?, w)?;

@@ -9,7 +9,7 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
-pub use classify::{classification_example, ClassificationLoss};
+pub use classify::{classification_example, ClassificationLoss, FrozenPrefix};
 pub use grads::{Gradients, ParamSnapshot};
 pub use loss::{lm_loss, TrainBatch, IGNORE_INDEX};
 pub use optim::{AdamW, AdamWConfig};
