@@ -72,6 +72,31 @@ def pku_pairs_by_prompt(src_root, dst_root):
     dump_json(test, os.path.join(dst_root, "pku_saferlhf/pairs_test_100prompts.json"), False)
 
 
+def refusal_sft_first_per_prompt(src_root, dst_root, n_prompts):
+    """Header plus the first record of each of the first n distinct prompts of the
+    alignment-attribution SFT csv (it holds several sampled refusals per prompt), bytes unchanged."""
+    import csv
+    import io
+
+    src = "refusal_sft/SFT_aligned_llama2-7b-chat-hf_train_short.csv"
+    text = open(os.path.join(src_root, src), encoding="utf-8", newline="").read()
+    lines = text.split("\n")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader)
+    prompt_col = header.index("prompt")
+    keep, seen, start = [lines[0]], set(), reader.line_num
+    for rec in reader:
+        end = reader.line_num  # lines start..end-1 (0-based) hold this record
+        if rec[prompt_col] not in seen and len(seen) < n_prompts:
+            seen.add(rec[prompt_col])
+            keep.extend(lines[start:end])
+        start = end
+    dst = os.path.join(dst_root, "refusal_sft/refusals_first_per_prompt_200.csv")
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with open(dst, "w", encoding="utf-8", newline="") as f:
+        f.write("\n".join(keep) + "\n")
+
+
 def main():
     src, dst = sys.argv[1], sys.argv[2]
     # BeaverTails
@@ -114,6 +139,9 @@ def main():
     copy(src, dst, "advbench/harmful_behaviors.csv")
     copy(src, dst, "harmbench/harmbench_behaviors_text_val.csv")
     copy(src, dst, "harmbench/LICENSE.txt")
+    # Harmful prompts with Llama-2-7b-chat refusals (alignment data of the quickstart)
+    refusal_sft_first_per_prompt(src, dst, 200)
+    copy(src, dst, "refusal_sft/LICENSE")
     # A real pre-built Booster/Vaccine-style fine-tune mix (first 200 of 1000 rows)
     first_records(src, dst, "harmful_finetune_mix/sst2_train_merged_n1000_p0.05.json",
                   "harmful_finetune_mix/sst2_train_merged_n1000_p0.05_first200.json", 200)

@@ -163,6 +163,8 @@ fn booster_table1_plan_shares_the_alignment_stages() {
     assert!(text.contains("44 stage executions with sharing (60 without)"), "{text}");
     assert_eq!(text.matches("shared by 5 run(s)").count(), 4, "each alignment stage serves the five attack ratios: {text}");
     assert!(text.contains("not available on this machine"), "{text}");
+    // The judge model is checked before any compute too, and named with its key.
+    assert!(text.contains("model PKU-Alignment/beaver-dam-7b") && text.contains("stage.eval.metrics.0.judge.model"), "{text}");
 }
 
 #[test]
@@ -181,4 +183,102 @@ fn a_generate_stage_feeds_a_later_stage() {
     assert_eq!(m["train_examples"], 6.0);
     let stage: toml::Table = read(&distill[0].join("stage.toml")).parse().unwrap();
     assert_eq!(stage["inputs"]["answers"].as_str(), gen[0].file_name().unwrap().to_str(), "the dependency is part of the stage's identity");
+}
+
+/// Writes a file in the layout of Booster's `beavertails_with_refusals_train.json` (`prompt`,
+/// harmful `response`, `category`, `is_safe`, `refusal` = "Question: ...\nAnswer: ...") from the
+/// shipped PKU-SafeRLHF pairs: the real file is not available offline.
+fn booster_layout_file(dir: &Path) -> PathBuf {
+    let pairs: Vec<serde_json::Value> = serde_json::from_str(&read(Path::new("data/pku_saferlhf/pairs_train_200prompts.json"))).unwrap();
+    let recs: Vec<serde_json::Value> = pairs
+        .iter()
+        .take(16)
+        .map(|p| {
+            let (prompt, safe, unsafe_) =
+                (p["prompt"].as_str().unwrap(), p["response"][0].as_str().unwrap(), p["response"][1].as_str().unwrap());
+            serde_json::json!({"prompt": prompt, "response": unsafe_, "category": {"violence": true}, "is_safe": false,
+                               "refusal": format!("Question: {prompt}\nAnswer: {safe}")})
+        })
+        .collect();
+    let f = dir.join("beavertails_with_refusals_train.json");
+    std::fs::write(&f, serde_json::to_string(&recs).unwrap()).unwrap();
+    f
+}
+
+#[test]
+fn booster_table1_spec_runs_end_to_end_on_stand_ins() {
+    // experiments/booster.toml unchanged but for its sizes and inputs: the tiny fixture model,
+    // a file in Booster's data layout, a few steps, and the tiny sequence classifier as the judge.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = booster_layout_file(tmp.path());
+    let r = tmp.path().join("r");
+    let f = file.to_str().unwrap();
+    let sets = [
+        "model.path=\"tests/fixtures/tiny/llama_gqa\"".to_string(),
+        "model.dtype=\"f32\"".into(),
+        format!("data.refusal.path=\"{f}\""),
+        "data.refusal.rows=\"1..13\"".into(),
+        format!("data.harmful_align.path=\"{f}\""),
+        "data.harmful_align.rows=\"1..13\"".into(),
+        format!("data.harmful.path=\"{f}\""),
+        "data.harmful.rows=\"0..12\"".into(),
+        "data.harmful_test.path=\"data/beavertails/beavertails_30k_train_unsafe_first200.json\"".into(),
+        "data.harmful_test.limit=2".into(),
+        "data.sst2_eval.limit=2".into(),
+        // The tiny model has 128 positions and a tiny vocabulary: the Alpaca template alone
+        // would fill them. The raw template is the instruction and input only.
+        "data.refusal.template=\"raw\"".into(),
+        "data.harmful_align.template=\"raw\"".into(),
+        "data.harmful.template=\"raw\"".into(),
+        "data.sst2_train.template=\"raw\"".into(),
+        "data.harmful_test.template=\"raw\"".into(),
+        "data.sst2_eval.template=\"raw\"".into(),
+        "stage.align.epochs=1".into(),
+        "stage.align.max_steps=2".into(),
+        "stage.align.batch_size=2".into(),
+        "stage.align.max_len=96".into(),
+        "stage.align.booster.harmful_batch_size=2".into(),
+        "stage.attack.samples=10".into(),
+        "stage.attack.epochs=1".into(),
+        "stage.attack.max_steps=2".into(),
+        "stage.attack.batch_size=2".into(),
+        "stage.attack.max_len=96".into(),
+        "stage.eval.metrics=[{ metric = \"harmful_score\", data = \"harmful_test\", max_new_tokens = 3, batch_size = 2, \
+         judge = { kind = \"classifier\", model = \"tests/fixtures/tiny/llama_seqcls\", max_len = 48 } }, \
+         { metric = \"finetune_accuracy\", data = \"sst2_eval\", task = \"sst2\", max_new_tokens = 3, batch_size = 2, name = \"finetune_acc\" }]"
+            .into(),
+    ];
+    let mut args = vec![
+        "run".to_string(),
+        "experiments/booster.toml".into(),
+        "--results".into(),
+        r.to_str().unwrap().into(),
+        "--devices".into(),
+        "cpu".into(),
+    ];
+    for s in &sets {
+        args.extend(["--set".to_string(), s.clone()]);
+    }
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("44 stages run, 0 reused, 0 failed; 20 of 20 runs done"), "{stdout}");
+    let s = summary(&r);
+    assert_eq!(s.lines().count(), 21, "{s}");
+    assert!(s.lines().skip(1).all(|l| l.contains(",done,")), "{s}");
+    let table = read(&r.join("tables/table1.md"));
+    for method in ["sft", "vaccine", "repnoise", "booster"] {
+        assert!(table.contains(&format!("| {method}")), "{table}");
+    }
+    assert!(r.join("figures/harmful_score.png").exists());
+    // Only the Booster runs keep training the alignment adapter in the attack (one adapter in
+    // the lineage); the others merge it and train a new one on top (two).
+    let attacks = stage_dirs(&r, "attack");
+    assert_eq!(attacks.len(), 20);
+    for d in attacks {
+        let lineage: serde_json::Value = serde_json::from_str(&read(&d.join("lineage.json"))).unwrap();
+        let single = read(&d.join("stage.toml")).contains("single_lora = true");
+        assert_eq!(lineage["adapters"].as_array().unwrap().len(), if single { 1 } else { 2 }, "{}", d.display());
+    }
+    assert_eq!(s.lines().filter(|l| l.contains(",booster,")).count(), 5, "{s}");
 }

@@ -154,6 +154,7 @@ pub(crate) fn parse_items(spec: &DataSpec, files: &[Parsed]) -> Res<Items> {
             match &mut out {
                 Items::Instructions(v) => v.push(match f {
                     Format::BeavertailsRefusal => beavertails_refusal(rec)?,
+                    Format::RefusalSft => refusal_sft(rec)?,
                     Format::Gsm8k => gsm8k(rec)?,
                     _ => instruction(rec)?,
                 }),
@@ -244,6 +245,22 @@ fn beavertails_refusal(rec: Rec) -> Res<Instruction> {
         instruction: parts[0].replace("Question: ", ""),
         input: String::new(),
         output: parts[1].to_owned(),
+        label: Some("safe".into()),
+    })
+}
+
+/// The instruction inside a Llama-2 chat turn `[INST] ... [/INST]` (a prompt without the wrapper
+/// is taken as is); the response loses the space that follows `[/INST]` in Llama-2's format.
+fn refusal_sft(rec: Rec) -> Res<Instruction> {
+    let raw = rec.nonempty_str("prompt")?.trim();
+    let instruction = raw.strip_prefix("[INST]").and_then(|s| s.strip_suffix("[/INST]")).unwrap_or(raw).trim();
+    if instruction.is_empty() {
+        return Err(rec.err("prompt", "no instruction inside [INST] ... [/INST]"));
+    }
+    Ok(Instruction {
+        instruction: instruction.to_owned(),
+        input: String::new(),
+        output: rec.str("response")?.trim_start().to_owned(),
         label: Some("safe".into()),
     })
 }

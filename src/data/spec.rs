@@ -23,6 +23,9 @@ pub enum Format {
     /// RepNoise/Booster `beavertails_with_refusals_train.json`: `refusal` = "Question: ...\nAnswer:
     /// ..." split as Booster does → instructions.
     BeavertailsRefusal,
+    /// alignment-attribution-code's SFT csv: `prompt` = "[INST] {instruction} [/INST]" (the
+    /// Llama-2 chat wrapper is removed), `response` = a Llama-2-chat refusal → instructions.
+    RefusalSft,
     /// BeaverTails-Evaluation `{prompt, category}` → prompts.
     BeavertailsEval,
     /// nyu-mll/BBQ jsonl → multiple choice (with bias-score metadata).
@@ -66,6 +69,7 @@ impl Format {
             Format::PkuSaferlhfPairs => "pku-saferlhf-pairs",
             Format::Beavertails => "beavertails",
             Format::BeavertailsRefusal => "beavertails-refusal",
+            Format::RefusalSft => "refusal-sft",
             Format::BeavertailsEval => "beavertails-eval",
             Format::Bbq => "bbq",
             Format::BbqLite => "bbq-lite",
@@ -89,6 +93,7 @@ impl Format {
         use FileKind::*;
         match self {
             Format::TruthfulqaCsv => &[Csv],
+            Format::RefusalSft => &[Csv, Json, Jsonl, Parquet],
             Format::Beavertails
             | Format::BeavertailsEval
             | Format::Advbench
@@ -110,7 +115,9 @@ impl Format {
                 Kind::MultipleChoice
             }
             Format::Sst2 | Format::Agnews => Kind::Classification,
-            Format::BeavertailsRefusal | Format::Gsm8k | Format::Alpaca | Format::InstructionJson => Kind::Instructions,
+            Format::BeavertailsRefusal | Format::RefusalSft | Format::Gsm8k | Format::Alpaca | Format::InstructionJson => {
+                Kind::Instructions
+            }
         }
     }
 

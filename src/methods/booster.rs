@@ -119,7 +119,9 @@ pub fn run(
     let seed = ctx.config.seed;
     super::sft::run_with(ctx, p, &|lm| {
         let pairs = super::sft::render_pairs(lm, harmful.template(), &harmful_items, p.prompt_format)?;
-        let examples = super::sft::tokenize_pairs(&lm.tokenizer, &pairs, p.max_len)?;
+        let mut examples = super::sft::tokenize_pairs(&lm.tokenizer, &pairs, p.max_len)?;
+        // A harmful batch of cut-off examples only would have no loss at all: leave them out.
+        examples.retain(super::sft::has_target);
         Ok(Box::new(BoosterRule { harmful: CyclingLoader::new(examples, batch, seed.wrapping_add(17)), lambda, alpha }))
     })
 }

@@ -129,6 +129,12 @@ impl ClassifierParams {
     }
 }
 
+impl super::params::StageInputs for ClassifierParams {
+    fn datasets(&self) -> Vec<&str> {
+        vec![self.data.as_str()]
+    }
+}
+
 pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, f64>, ExecError> {
     let lora = lora_config(ctx)?;
     let template = JudgeTemplate::resolve(p.template.as_deref().unwrap_or("beaverdam")).map_err(ExecError::Method)?;

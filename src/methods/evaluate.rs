@@ -25,6 +25,27 @@ impl EvalParams {
     }
 }
 
+impl super::params::StageInputs for EvalParams {
+    fn datasets(&self) -> Vec<&str> {
+        self.metrics.iter().map(|m| m.data.as_str()).collect()
+    }
+    fn stages(&self) -> Vec<&str> {
+        self.metrics.iter().filter_map(|m| m.judge.as_ref()?.stage.as_deref()).collect()
+    }
+    fn models(&self) -> Vec<(String, &str)> {
+        let mut v = Vec::new();
+        for (i, m) in self.metrics.iter().enumerate() {
+            if let Some(model) = m.judge.as_ref().and_then(|j| j.model.as_deref()) {
+                v.push((format!("metrics.{i}.judge.model"), model));
+            }
+            if let Some(model) = m.reference_model.as_deref() {
+                v.push((format!("metrics.{i}.reference_model"), model));
+            }
+        }
+        v
+    }
+}
+
 pub fn run(ctx: &StageContext, p: &EvalParams) -> Result<BTreeMap<String, f64>, ExecError> {
     let lm = ctx.load_model(AdapterMode::Merged)?;
     let env = JudgeEnv {

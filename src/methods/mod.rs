@@ -28,11 +28,12 @@ use crate::data::DataSpec;
 use crate::exec::{ExecError, StageContext};
 use crate::plan::{ParamError, PlanContext, StageRequirements};
 use crate::spec::{closest, ModelSpec, StageKind};
+use params::StageInputs;
 
 /// Train methods known to this build (name, algorithm version). Bump a version when a change
 /// alters results: finished stages of the old version are then recomputed.
-const TRAIN_METHODS: [(&str, u32); 5] = [("sft", 1), ("booster", 1), ("vaccine", 1), ("repnoise", 1), ("classifier", 1)];
-const EVAL_VERSION: u32 = 2;
+const TRAIN_METHODS: [(&str, u32); 5] = [("sft", 1), ("booster", 2), ("vaccine", 1), ("repnoise", 2), ("classifier", 1)];
+const EVAL_VERSION: u32 = 3;
 const GENERATE_VERSION: u32 = 1;
 
 /// Validation and identities for the planner.
@@ -46,27 +47,22 @@ impl Registry {
     }
 }
 
-/// Dataset names a stage reads: string values of `data`/`harmful` keys, at any depth (e.g.
-/// `mix = [{ data = "x" }]`, `metrics = [{ data = "y" }]`). `@stage` names an earlier stage, and
-/// so does `stage = "x"` inside a `judge = { ... }` table (a judge trained by stage x).
-fn data_refs(params: &Table) -> (Vec<String>, Vec<String>) {
-    fn walk(v: &toml::Value, key: Option<&str>, in_judge: bool, out: &mut Vec<String>) {
-        match v {
-            toml::Value::String(s) if matches!(key, Some("data") | Some("harmful")) => out.push(s.clone()),
-            toml::Value::String(s) if in_judge && key == Some("stage") => out.push(format!("@{s}")),
-            toml::Value::Table(t) => t.iter().for_each(|(k, v)| walk(v, Some(k), in_judge || key == Some("judge"), out)),
-            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, key, in_judge, out)),
-            _ => {}
+/// The references a stage's typed parameters declare, split as the planner wants them.
+fn requirements(version: u32, changes_model: bool, inputs: &dyn StageInputs) -> StageRequirements {
+    let mut datasets = Vec::new();
+    let mut stage_inputs: Vec<String> = inputs.stages().into_iter().map(str::to_string).collect();
+    for d in inputs.datasets() {
+        match d.strip_prefix('@') {
+            Some(stage) => stage_inputs.push(stage.to_string()),
+            None => datasets.push(d.to_string()),
         }
     }
-    let mut refs = Vec::new();
-    for (k, v) in params {
-        walk(v, Some(k), false, &mut refs);
-    }
-    refs.sort();
-    refs.dedup();
-    let (stages, datasets): (Vec<String>, Vec<String>) = refs.into_iter().partition(|r| r.starts_with('@'));
-    (datasets, stages.into_iter().map(|s| s.trim_start_matches('@').to_string()).collect())
+    datasets.sort();
+    datasets.dedup();
+    stage_inputs.sort();
+    stage_inputs.dedup();
+    let models = inputs.models().into_iter().map(|(key, path)| (key, path.to_string())).collect();
+    StageRequirements { version, changes_model, datasets, stage_inputs, models }
 }
 
 impl PlanContext for Registry {
@@ -77,7 +73,7 @@ impl PlanContext for Registry {
         params: &Table,
         datasets: &[String],
     ) -> Result<StageRequirements, ParamError> {
-        let version = match (kind, method) {
+        let req = match (kind, method) {
             (StageKind::Train, Some(m)) => {
                 let (_, version) = TRAIN_METHODS.iter().find(|(n, _)| *n == m).ok_or_else(|| ParamError {
                     key: "method".into(),
@@ -85,18 +81,23 @@ impl PlanContext for Registry {
                     suggestion: closest(m, TRAIN_METHODS.iter().map(|(n, _)| *n)),
                 })?;
                 if m == "classifier" {
-                    params::parse::<classifier::ClassifierParams>(params)?.check()?;
+                    let p = params::parse::<classifier::ClassifierParams>(params)?;
+                    p.check()?;
+                    // A judge: later stages read it as an input, they do not continue from it.
+                    requirements(*version, false, &p)
                 } else {
-                    params::parse::<sft::TrainParams>(params)?.check(m)?;
+                    let p = params::parse::<sft::TrainParams>(params)?;
+                    p.check(m)?;
+                    requirements(*version, true, &p)
                 }
-                *version
             }
             (StageKind::Train, None) => {
                 return Err(ParamError { key: "method".into(), msg: "a train stage needs a method".into(), suggestion: None })
             }
             (StageKind::Eval, None) => {
-                params::parse::<evaluate::EvalParams>(params)?.check()?;
-                EVAL_VERSION
+                let p = params::parse::<evaluate::EvalParams>(params)?;
+                p.check()?;
+                requirements(EVAL_VERSION, true, &p)
             }
             (StageKind::Eval, Some(m)) => {
                 return Err(ParamError {
@@ -106,8 +107,9 @@ impl PlanContext for Registry {
                 })
             }
             (StageKind::Generate, Some("respond")) => {
-                params::parse::<respond::RespondParams>(params)?.check()?;
-                GENERATE_VERSION
+                let p = params::parse::<respond::RespondParams>(params)?;
+                p.check()?;
+                requirements(GENERATE_VERSION, true, &p)
             }
             (StageKind::Generate, m) => {
                 return Err(ParamError {
@@ -117,8 +119,7 @@ impl PlanContext for Registry {
                 })
             }
         };
-        let (refs, stage_inputs) = data_refs(params);
-        for r in &refs {
+        for r in &req.datasets {
             if !datasets.contains(r) {
                 return Err(ParamError {
                     key: "data".into(),
@@ -127,12 +128,7 @@ impl PlanContext for Registry {
                 });
             }
         }
-        Ok(StageRequirements {
-            version,
-            changes_model: !(kind == StageKind::Train && method == Some("classifier")),
-            datasets: refs,
-            stage_inputs,
-        })
+        Ok(req)
     }
 
     fn data_identity(&self, _name: &str, table: &Table) -> Result<String, String> {
@@ -146,6 +142,10 @@ impl PlanContext for Registry {
     fn model_identity(&self, model: &ModelSpec) -> Result<String, String> {
         let location = crate::model::hub::resolve(&model.path).map_err(|e| e.to_string())?;
         crate::model::hub::fingerprint(&location).map_err(|e| e.to_string())
+    }
+
+    fn locate_model(&self, path: &str) -> Result<(), String> {
+        crate::model::hub::resolve(path).map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -191,17 +191,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn judge_stages_are_stage_inputs() {
+    fn stages_declare_their_datasets_stages_and_models() {
         let params: Table = toml::from_str(
             r#"metrics = [
                 { metric = "judge_accuracy", data = "pku_test", judge = { kind = "trained", stage = "judge" } },
-                { metric = "harmful_score", data = "@gen", judge = { kind = "refusal" } },
-            ]
-            stage = "not-a-judge""#,
+                { metric = "harmful_score", data = "@gen", judge = { kind = "classifier", model = "org/guard" } },
+            ]"#,
         )
         .unwrap();
-        let (datasets, stages) = data_refs(&params);
-        assert_eq!(datasets, vec!["pku_test"]);
-        assert_eq!(stages, vec!["gen", "judge"]);
+        let datasets = ["pku_test".to_string()];
+        let req = Registry::new(Path::new("spec.toml")).check_stage(StageKind::Eval, None, &params, &datasets).unwrap();
+        assert_eq!(req.datasets, vec!["pku_test"]);
+        assert_eq!(req.stage_inputs, vec!["gen", "judge"]);
+        assert_eq!(req.models, vec![("metrics.1.judge.model".to_string(), "org/guard".to_string())]);
+        // Only declared keys count: a `harmful` key of an unrelated table is no dataset reference.
+        let train: Table = toml::from_str("data = \"pku_test\"\nbooster = { harmful = \"pku_test\" }").unwrap();
+        let req = Registry::new(Path::new("spec.toml")).check_stage(StageKind::Train, Some("booster"), &train, &datasets).unwrap();
+        assert_eq!((req.datasets, req.changes_model), (vec!["pku_test".to_string()], true));
     }
 }

@@ -33,3 +33,18 @@ pub fn parse<T: DeserializeOwned>(params: &Table) -> Result<T, ParamError> {
         ParamError { key: key.join("."), msg, suggestion }
     })
 }
+
+/// What a stage reads besides the model it continues from, as its parameters declare it: the
+/// planner gets dataset and stage references from here, not by guessing from key names.
+pub trait StageInputs {
+    /// Dataset names; `@stage` names the dataset an earlier generate stage wrote.
+    fn datasets(&self) -> Vec<&str>;
+    /// Earlier stages read directly (e.g. the judge a `classifier` stage trained).
+    fn stages(&self) -> Vec<&str> {
+        Vec::new()
+    }
+    /// Other models read (judges, a fluency reference): (key within the stage, path or hub id).
+    fn models(&self) -> Vec<(String, &str)> {
+        Vec::new()
+    }
+}

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use crate::model::layers::RecordingHook;
 use crate::model::{CausalLm, ForwardOptions, HookPoint, PaddedBatch, Padding, Result};
 use crate::train::loss::{loss_at, supervised_positions};
-use crate::train::{lm_loss, Example, GradientRule, Gradients, TrainBatch, IGNORE_INDEX};
+use crate::train::{accumulate, lm_loss, Example, GradientRule, Gradients, TrainBatch, IGNORE_INDEX};
 
 /// Normal samples without an extra crate (Box-Muller).
 mod rand_distr_free {
@@ -140,15 +140,8 @@ impl GradientRule for RepNoiseRule {
         micro_batches: &[TrainBatch],
         opts: &ForwardOptions,
     ) -> Result<(f64, Gradients)> {
-        let mut sum = Gradients::zeros(params)?;
-        let mut loss_sum = 0.0;
-        let w = 1.0 / micro_batches.len().max(1) as f64;
-        for mb in micro_batches {
-            let loss = self.loss(model, mb, opts)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64 * w;
-            sum.add_scaled(&Gradients::of(&loss, params)?, w)?;
-        }
-        Ok((loss_sum, sum))
+        // Equal weights: the loss mixes per-batch means (CE, MMD, logit-lens terms).
+        accumulate(params, micro_batches, |_| 1, |mb| self.loss(model, mb, opts))
     }
 }
 
@@ -187,7 +180,13 @@ pub fn run(
             &super::sft::render_pairs(lm, harmful.template(), &bad, p.prompt_format)?,
             p.max_len,
         )?;
-        Ok(Box::new(RepNoiseRule::new(safe_ex.into_iter().zip(bad_ex).collect(), rp.alpha, rp.beta, seed.wrapping_add(29))))
+        // Both sides of a pair need a response token (the loss has a term on each).
+        let pairs: Vec<(Example, Example)> =
+            safe_ex.into_iter().zip(bad_ex).filter(|(s, b)| super::sft::has_target(s) && super::sft::has_target(b)).collect();
+        if pairs.is_empty() {
+            return Err(err(format!("no (harmless, harmful) pair keeps a response token on both sides within max_len = {}", p.max_len)));
+        }
+        Ok(Box::new(RepNoiseRule::new(pairs, rp.alpha, rp.beta, seed.wrapping_add(29))))
     })
 }
 

@@ -52,6 +52,12 @@ impl RespondParams {
     }
 }
 
+impl super::params::StageInputs for RespondParams {
+    fn datasets(&self) -> Vec<&str> {
+        vec![self.data.as_str()]
+    }
+}
+
 pub fn run(ctx: &StageContext, p: &RespondParams) -> Result<BTreeMap<String, f64>, ExecError> {
     let lm = ctx.load_model(AdapterMode::Merged)?;
     let data = load_dataset(ctx, &p.data)?;

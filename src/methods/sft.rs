@@ -24,6 +24,19 @@ pub struct MixPart {
     pub ratio: Option<f64>,
 }
 
+/// How a fine-tuning mix is drawn from its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MixOrder {
+    /// A seeded sample of `round(ratio * samples)` items from each part, interleaved.
+    #[default]
+    Shuffled,
+    /// The Booster repo's attack set (`utils.py`): harmful items `1..int(p * samples)` of the part
+    /// with the ratio, then the first `int((1 - p) * samples)` items of the other part, in file
+    /// order (the trainer shuffles batches). Needs exactly two parts, the benign one without a ratio.
+    Booster,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
@@ -35,6 +48,9 @@ pub struct TrainParams {
     /// Total examples drawn for a mix (and a cap on `data` otherwise).
     #[serde(default)]
     pub samples: Option<usize>,
+    /// How a `mix` is drawn.
+    #[serde(default)]
+    pub mix_order: MixOrder,
     #[serde(default = "default_lr")]
     pub lr: f64,
     #[serde(default = "one")]
@@ -179,6 +195,12 @@ impl TrainParams {
                 if parts.iter().any(|p| p.ratio.is_some_and(|r| !(0.0..=1.0).contains(&r))) || sum > 1.0 + 1e-9 {
                     return err("mix", "ratios must lie in [0, 1] and sum to at most 1");
                 }
+                if self.mix_order == MixOrder::Booster && (parts.len() != 2 || parts.iter().filter(|p| p.ratio.is_some()).count() != 1) {
+                    return err(
+                        "mix_order",
+                        "`booster` needs exactly two mix parts: the harmful one with `ratio = p` and the benign one without a ratio",
+                    );
+                }
             }
             _ => {}
         }
@@ -231,8 +253,18 @@ pub fn training_items(ctx: &StageContext, p: &TrainParams) -> Result<(Vec<Instru
                 .iter()
                 .map(|(ds, r)| Ok((ds.as_instructions().map_err(method_err)?.to_vec(), r.unwrap_or(1.0 - explicit))))
                 .collect::<Result<_, ExecError>>()?;
-            let refs: Vec<(&[Instruction], f64)> = items.iter().map(|(v, r)| (v.as_slice(), *r)).collect();
-            let mixed = data::mix(&refs, total, ctx.config.seed).map_err(method_err)?;
+            let mixed = match p.mix_order {
+                MixOrder::Shuffled => {
+                    let refs: Vec<(&[Instruction], f64)> = items.iter().map(|(v, r)| (v.as_slice(), *r)).collect();
+                    data::mix(&refs, total, ctx.config.seed)
+                }
+                MixOrder::Booster => {
+                    let harmful = parts.iter().position(|x| x.ratio.is_some()).unwrap_or(0);
+                    let (poison, ratio) = &items[harmful];
+                    data::booster_attack_mix(poison, &items[1 - harmful].0, *ratio, total)
+                }
+            }
+            .map_err(method_err)?;
             Ok((mixed, loaded[0].0.template().clone()))
         }
         (None, None) => Err(ExecError::Method("sft needs `data` or `mix`".into())),
@@ -249,26 +281,34 @@ pub fn render_pairs(
     items.iter().map(|i| Ok(data::SftPair { prompt: render_prompt(lm, template, i, format)?, response: i.output.clone() })).collect()
 }
 
-/// Tokenizes prompt + response + eos; labels mask the prompt. Cut at `max_len` tokens.
+/// Tokenizes prompt + response + eos; labels mask the prompt. Cut at `max_len` tokens. One
+/// example per pair, in order; an example whose response was cut off entirely stays (it adds no
+/// loss to its batch, as in the HF Trainer) and is reported.
 pub fn tokenize_pairs(tok: &TextTokenizer, pairs: &[data::SftPair], max_len: usize) -> Result<Vec<Example>, ExecError> {
-    let eos = tok.eos_token.clone().unwrap_or_default();
-    let mut out = Vec::with_capacity(pairs.len());
-    for pair in pairs {
-        let prompt_ids = tok.encode(&pair.prompt, true)?;
-        let mut ids = tok.encode(&format!("{}{}{eos}", pair.prompt, pair.response), true)?;
-        ids.truncate(max_len);
-        let n_prompt = prompt_ids.len().min(ids.len());
-        let labels = ids.iter().enumerate().map(|(i, &t)| if i < n_prompt { IGNORE_INDEX } else { t as i64 }).collect();
-        out.push(Example { input_ids: ids, labels });
-    }
-    let trainable = out.iter().filter(|e| e.labels.iter().skip(1).any(|&l| l != IGNORE_INDEX)).count();
+    let out = pairs.iter().map(|pair| tokenize_pair(tok, pair, max_len)).collect::<Result<Vec<_>, _>>()?;
+    let trainable = out.iter().filter(|e| has_target(e)).count();
     if trainable == 0 {
         return Err(ExecError::Method(format!("no example keeps a response token within max_len = {max_len} tokens; raise max_len")));
     }
     if trainable < out.len() {
-        tracing::warn!(cut = out.len() - trainable, max_len, "examples whose response was cut off entirely by max_len are skipped");
+        tracing::warn!(cut = out.len() - trainable, max_len, "examples whose response was cut off entirely by max_len add no loss");
     }
     Ok(out)
+}
+
+pub fn tokenize_pair(tok: &TextTokenizer, pair: &data::SftPair, max_len: usize) -> Result<Example, ExecError> {
+    let eos = tok.eos_token.as_deref().unwrap_or_default();
+    let prompt_ids = tok.encode(&pair.prompt, true)?;
+    let mut ids = tok.encode(&format!("{}{}{eos}", pair.prompt, pair.response), true)?;
+    ids.truncate(max_len);
+    let n_prompt = prompt_ids.len().min(ids.len());
+    let labels = ids.iter().enumerate().map(|(i, &t)| if i < n_prompt { IGNORE_INDEX } else { t as i64 }).collect();
+    Ok(Example { input_ids: ids, labels })
+}
+
+/// Whether the example has a label to predict (labels shift by one: position 0 has none).
+pub fn has_target(e: &Example) -> bool {
+    e.labels.iter().skip(1).any(|&l| l != IGNORE_INDEX)
 }
 
 pub fn lora_config(ctx: &StageContext) -> Result<LoraConfig, ExecError> {
@@ -318,6 +358,46 @@ pub fn run_with(
     ]))
 }
 
+impl super::params::StageInputs for TrainParams {
+    fn datasets(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.data.iter().map(String::as_str).collect();
+        v.extend(self.mix.iter().flatten().map(|part| part.data.as_str()));
+        v.extend(self.booster.iter().map(|b| b.harmful.as_str()));
+        v.extend(self.repnoise.iter().map(|r| r.harmful.as_str()));
+        v
+    }
+}
+
 pub fn run(ctx: &StageContext, p: &TrainParams) -> Result<BTreeMap<String, f64>, ExecError> {
     run_with(ctx, p, &|_| Ok(Box::new(PlainSft)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(toml_text: &str) -> TrainParams {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn booster_mix_order_needs_one_harmful_and_one_benign_part() {
+        let two = r#"mix = [{ data = "sst2" }, { data = "harmful", ratio = 0.1 }]
+samples = 100
+mix_order = "booster""#;
+        let p = params(two);
+        assert_eq!(p.mix_order, MixOrder::Booster);
+        assert!(p.check("sft").is_ok());
+        let three = r#"mix = [{ data = "sst2" }, { data = "agnews", ratio = 0.5 }, { data = "harmful", ratio = 0.1 }]
+samples = 100
+mix_order = "booster""#;
+        assert_eq!(params(three).check("sft").unwrap_err().key, "mix_order");
+        let no_rest = r#"mix = [{ data = "sst2", ratio = 0.9 }, { data = "harmful", ratio = 0.1 }]
+samples = 100
+mix_order = "booster""#;
+        assert_eq!(params(no_rest).check("sft").unwrap_err().key, "mix_order");
+        // The default keeps the seeded, shuffled mix.
+        assert_eq!(params("data = \"x\"").mix_order, MixOrder::Shuffled);
+        assert!(toml::from_str::<TrainParams>("data = \"x\"\nmix_order = \"first\"").is_err());
+    }
 }

@@ -7,7 +7,7 @@ use candle_core::Var;
 
 use crate::model::layers::GradientProbe;
 use crate::model::{CausalLm, ForwardOptions, HookPoint, Result};
-use crate::train::{lm_loss, GradientRule, Gradients, TrainBatch};
+use crate::train::{accumulate, lm_loss, GradientRule, Gradients, TrainBatch};
 
 pub struct VaccineRule {
     pub rho: f64,
@@ -36,18 +36,11 @@ impl GradientRule for VaccineRule {
         micro_batches: &[TrainBatch],
         opts: &ForwardOptions,
     ) -> Result<(f64, Gradients)> {
-        let total: usize = micro_batches.iter().map(TrainBatch::num_targets).sum();
-        let mut sum = Gradients::zeros(params)?;
-        let mut loss_sum = 0.0;
-        for mb in micro_batches {
+        accumulate(params, micro_batches, TrainBatch::num_targets, |mb| {
             let eps = self.perturbation(model, mb, opts)?;
             let hook = GradientProbe::with_perturbation(HookPoint::AttentionOutput, eps);
-            let loss = lm_loss(model, mb, &opts.with_hook(&hook))?;
-            let w = mb.num_targets() as f64 / total.max(1) as f64;
-            loss_sum += loss.to_scalar::<f32>()? as f64 * w;
-            sum.add_scaled(&Gradients::of(&loss, params)?, w)?;
-        }
-        Ok((loss_sum, sum))
+            lm_loss(model, mb, &opts.with_hook(&hook))
+        })
     }
 }
 

@@ -27,6 +27,10 @@ pub trait PlanContext {
     fn data_identity(&self, name: &str, spec: &Table) -> Result<String, String>;
     /// Identity of the base model (config and weight file fingerprints).
     fn model_identity(&self, model: &ModelSpec) -> Result<String, String>;
+    /// Checks that another model a stage reads (a judge) can be found.
+    fn locate_model(&self, _path: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +41,8 @@ pub struct StageRequirements {
     pub changes_model: bool,
     pub datasets: Vec<String>,
     pub stage_inputs: Vec<String>,
+    /// Other models the stage reads (judges): (key within the stage, path or hub id).
+    pub models: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -241,6 +247,20 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 };
                 data.insert(name.clone(), table.clone());
                 data_identity.insert(name.clone(), id);
+            }
+            for (key, path) in &req.models {
+                if let Err(msg) = ctx.locate_model(path) {
+                    let at = stage_path(key);
+                    tolerate(
+                        format!("model {path}"),
+                        SpecError::Invalid {
+                            origin: locate(&at),
+                            key: spec::path::to_id_path(&loaded.document, &at),
+                            msg,
+                            suggestion: None,
+                        },
+                    )?;
+                }
             }
             let mut inputs = BTreeMap::new();
             for input in &req.stage_inputs {

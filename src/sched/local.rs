@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::DeviceSlot;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlannedStage};
 use crate::store::{tail, ResultsDir, StageState, StageStatus, StoreError};
 
 #[derive(Debug, Clone)]
@@ -60,7 +60,13 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
             pending.push(s.id.clone());
         }
     }
+    let by_id: HashMap<&str, &PlannedStage> = plan.stages.iter().map(|s| (s.id.as_str(), s)).collect();
+    let deps = |id: &str| by_id.get(id).map_or(&[][..], |s| s.depends_on.as_slice());
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // On-disk states of pending stages: an orphaned process of a killed runner may still run one
+    // or finish it. Re-read once a second, not on every tick.
+    let mut on_disk: HashMap<String, StageStatus> = HashMap::new();
+    let mut last_scan: Option<Instant> = None;
     loop {
         if stop.load(Ordering::SeqCst) {
             interrupt(&mut running, results)?;
@@ -70,8 +76,7 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
         // Stages whose dependencies failed cannot run.
         let mut blocked = Vec::new();
         for id in &pending {
-            let st = plan.stage(id).expect("pending stages are in the plan");
-            if let Some(dep) = st.depends_on.iter().find(|d| failed.contains(*d)) {
+            if let Some(dep) = deps(id).iter().find(|d| failed.contains(*d)) {
                 blocked.push((id.clone(), dep.clone()));
             }
         }
@@ -86,13 +91,14 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
             outcome.failed.insert(id.clone(), reason);
             progress.finished(&id, StageState::Failed);
         }
-        // Orphans that finished meanwhile.
-        let mut adopted = Vec::new();
-        for id in &pending {
-            if results.stage_status(id).is_ok_and(|st| st.is_done()) {
-                adopted.push(id.clone());
-            }
+        if last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            on_disk = pending.iter().filter_map(|id| results.stage_status(id).ok().map(|st| (id.clone(), st))).collect();
+            last_scan = Some(Instant::now());
         }
+        let is_active = |id: &str| on_disk.get(id).is_some_and(StageStatus::is_active);
+        // Orphans that finished meanwhile.
+        let adopted: Vec<String> =
+            pending.iter().filter(|id| on_disk.get(id.as_str()).is_some_and(StageStatus::is_done)).cloned().collect();
         for id in adopted {
             pending.retain(|p| p != &id);
             done.insert(id.clone());
@@ -105,10 +111,7 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
                 break;
             }
             // A stage still running in an orphaned process (its runner was killed) is waited for.
-            let ready = |id: &String| {
-                plan.stage(id).is_some_and(|s| s.depends_on.iter().all(|d| done.contains(d)))
-                    && !results.stage_status(id).is_ok_and(|st| st.is_active())
-            };
+            let ready = |id: &String| deps(id).iter().all(|d| done.contains(d)) && !is_active(id);
             let Some(pos) = pending.iter().position(ready) else {
                 break;
             };
@@ -156,10 +159,10 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
         if stuck {
             break;
         }
-        let waiting_on_orphan = pending.iter().any(|id| results.stage_status(id).is_ok_and(|st| st.is_active()));
+        let waiting_on_orphan = pending.iter().any(|id| is_active(id));
         if running.is_empty()
             && !waiting_on_orphan
-            && !pending.iter().any(|id| plan.stage(id).is_some_and(|s| s.depends_on.iter().all(|d| done.contains(d) || failed.contains(d))))
+            && !pending.iter().any(|id| deps(id).iter().all(|d| done.contains(d) || failed.contains(d)))
         {
             break;
         }

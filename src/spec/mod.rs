@@ -246,6 +246,9 @@ pub fn resolve_paths(spec: &mut Spec, spec_dir: &Path) {
                         t.insert("model".into(), toml::Value::String(abs));
                     }
                 }
+                if let Some(abs) = t.get("reference_model").and_then(toml::Value::as_str).and_then(resolve) {
+                    t.insert("reference_model".into(), toml::Value::String(abs));
+                }
                 for (k, v) in t.iter_mut() {
                     judge_models(v, k == "judge", resolve);
                 }

@@ -218,16 +218,13 @@ impl GradientRule for ClassificationLoss {
         micro_batches: &[TrainBatch],
         opts: &ForwardOptions,
     ) -> Result<(f64, Gradients)> {
-        let total: usize = micro_batches.iter().map(|b| b.input_ids.len()).sum();
-        let mut sum = Gradients::zeros(params)?;
-        let mut loss_sum = 0.0;
-        for mb in micro_batches {
-            let loss = classification_loss_with(model, &self.head, mb, self.pad_id, self.prefix.as_ref(), opts)?;
-            let w = mb.input_ids.len() as f64 / total.max(1) as f64;
-            loss_sum += loss.to_scalar::<f32>()? as f64 * w;
-            sum.add_scaled(&Gradients::of(&loss, params)?, w)?;
-        }
-        Ok((loss_sum, sum))
+        // Weighted by examples: the loss is a mean over sequences.
+        super::accumulate(
+            params,
+            micro_batches,
+            |mb| mb.input_ids.len(),
+            |mb| classification_loss_with(model, &self.head, mb, self.pad_id, self.prefix.as_ref(), opts),
+        )
     }
 }
 

@@ -17,26 +17,36 @@ pub use schedule::{LrSchedule, ScheduleKind};
 pub use trainer::{train, train_params, Example, GradientRule, PlainSft, StepLog, TrainSummary, TrainerConfig};
 
 use crate::model::{CausalLm, ForwardOptions};
-use candle_core::Var;
+use candle_core::{Tensor, Var};
 
-/// Gradients of the mean loss over micro-batches (gradient accumulation): each micro-batch's
-/// gradient is weighted by its share of the supervised tokens, so the result equals the
-/// gradient of one big batch. Returns the (token-weighted) mean loss too.
+/// Gradient accumulation: the gradient of the weighted mean of the micro-batches' losses, each
+/// micro-batch weighted by `weight(mb)` over the total (its count of supervised tokens for a
+/// token-mean loss, so that the result equals the gradient of one big batch). Returns the weighted
+/// mean loss too.
+pub fn accumulate(
+    params: &[(String, Var)],
+    micro_batches: &[TrainBatch],
+    weight: impl Fn(&TrainBatch) -> usize,
+    mut loss_of: impl FnMut(&TrainBatch) -> crate::model::Result<Tensor>,
+) -> crate::model::Result<(f64, Gradients)> {
+    let total: usize = micro_batches.iter().map(&weight).sum();
+    let mut sum = Gradients::zeros(params)?;
+    let mut loss_sum = 0.0;
+    for mb in micro_batches {
+        let loss = loss_of(mb)?;
+        let w = weight(mb) as f64 / total.max(1) as f64;
+        loss_sum += loss.to_scalar::<f32>()? as f64 * w;
+        sum.add_scaled(&Gradients::of(&loss, params)?, w)?;
+    }
+    Ok((loss_sum, sum))
+}
+
+/// [`accumulate`] for the masked next-token loss, weighted by supervised tokens.
 pub fn accumulated_gradients(
     model: &CausalLm,
     params: &[(String, Var)],
     micro_batches: &[TrainBatch],
     opts: &ForwardOptions,
 ) -> crate::model::Result<(f64, Gradients)> {
-    let total: usize = micro_batches.iter().map(TrainBatch::num_targets).sum();
-    let mut sum = Gradients::zeros(params)?;
-    let mut loss_sum = 0.0;
-    for mb in micro_batches {
-        let loss = lm_loss(model, mb, opts)?;
-        let w = mb.num_targets() as f64 / total.max(1) as f64;
-        loss_sum += loss.to_scalar::<f32>()? as f64 * w;
-        let g = Gradients::of(&loss, params)?;
-        sum.add_scaled(&g, w)?;
-    }
-    Ok((loss_sum, sum))
+    accumulate(params, micro_batches, TrainBatch::num_targets, |mb| lm_loss(model, mb, opts))
 }
