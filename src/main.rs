@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    keep_freed_memory();
     let args = cli::Cli::parse();
     // A stage's stderr is its log file: it logs at info level by default.
     let verbose = if matches!(args.command, cli::Command::Exec { .. }) { args.verbose.max(1) } else { args.verbose };
@@ -12,5 +13,21 @@ fn main() {
     if let Err(e) = cli::dispatch(args) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// candle allocates a new buffer for every tensor op. glibc serves large ones with mmap and hands
+/// them back to the kernel on free, so every training step page-faults and zeroes them again
+/// (about a fifth of a step in `perf`). Keeping freed memory in the heap makes LoRA training 1.4x
+/// faster on CPU (README, Benchmarks). glibc's `MALLOC_*_` variables, when set, take precedence.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() && std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            libc::mallopt(libc::M_TOP_PAD, 1 << 29);
+        }
     }
 }

@@ -119,6 +119,17 @@ fn continuation_scores_match_and_do_not_depend_on_batch_size() {
             assert_rel(all[i].logprob, one[i].logprob, 1e-6, &format!("{name}: batch size 4 vs 1, item {i}"));
         }
         assert!(items.iter().any(|c| c["is_greedy"].as_bool().unwrap()), "fixture covers a greedy continuation");
+        // One-token continuations of one context share a forward row; the scores stay those of
+        // scoring each request alone.
+        let ctx = ids(&items[0]["context"]);
+        let shared: Vec<(Vec<u32>, Vec<u32>)> =
+            vec![(ctx.clone(), vec![5]), (ctx.clone(), vec![9]), (ctx.clone(), vec![5, 9]), (ctx.clone(), vec![5])];
+        let together = score_continuations(&lm.model, &shared, 4, 0).unwrap();
+        for (i, req) in shared.iter().enumerate() {
+            let alone = score_continuations(&lm.model, std::slice::from_ref(req), 1, 0).unwrap();
+            assert_rel(together[i].logprob, alone[0].logprob, 1e-6, &format!("{name}: shared input, request {i}"));
+            assert_eq!((together[i].is_greedy, together[i].num_tokens), (alone[0].is_greedy, alone[0].num_tokens));
+        }
     }
 }
 

@@ -266,6 +266,7 @@ fn booster_table1_spec_runs_end_to_end_on_stand_ins() {
     let s = summary(&r);
     assert_eq!(s.lines().count(), 21, "{s}");
     assert!(s.lines().skip(1).all(|l| l.contains(",done,")), "{s}");
+    assert!(s.lines().next().unwrap().contains("eval.harmful_score_stderr"), "{s}");
     let table = read(&r.join("tables/table1.md"));
     for method in ["sft", "vaccine", "repnoise", "booster"] {
         assert!(table.contains(&format!("| {method}")), "{table}");

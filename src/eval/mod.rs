@@ -11,7 +11,8 @@
 //! | `finetune_accuracy` | instructions | (`finetune_acc`) `<p>` |
 //! | `diversity_fluency` | prompts / instructions | (`text`) `<p>_distinct_1`, `<p>_distinct_2`, `<p>_fluency_nll`, `<p>_fluency_ppl` |
 //!
-//! Every value of the log-likelihood and text metrics has a bootstrap `<value>_stderr`
+//! Every value of the log-likelihood and text metrics, the harmful score, the fine-tune accuracy
+//! and a judge's accuracy has a bootstrap `<value>_stderr`
 //! ([`stats`]); every metric also writes `<p>_n`, the number of items. Multiple-choice metrics
 //! follow lm-evaluation-harness ([`multiple_choice`], [`benchmarks`]); `hhh` with
 //! `form = "dromedary"` follows Dromedary ([`dromedary`]); text metrics: [`text_metrics`].
@@ -324,6 +325,7 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
                 spec.batch_size,
             )?;
             values.insert(prefix.clone(), score);
+            insert_rate_stderr(&mut values, &prefix, records.iter().map(|r| r.harmful));
             to_json(&records)
         }
         MetricKind::FinetuneAccuracy => {
@@ -332,6 +334,7 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
             let (acc, records) =
                 generation::finetune_accuracy(lm, &items, data.template(), spec.prompt_format, task, spec.max_new_tokens, spec.batch_size)?;
             values.insert(prefix.clone(), acc);
+            insert_rate_stderr(&mut values, &prefix, records.iter().map(|r| r.correct));
             to_json(&records)
         }
         MetricKind::JudgeAccuracy => {
@@ -341,6 +344,7 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
                 .map_err(|e| ModelError::Input(format!("{e} (judge_accuracy reads labelled responses: view = \"labeled\")")))?;
             let (a, records) = judge::judge_accuracy(judge.as_ref(), items)?;
             values.insert(format!("{prefix}_acc"), a.accuracy);
+            insert_rate_stderr(&mut values, &format!("{prefix}_acc"), records.iter().map(|r| r.correct));
             values.insert(format!("{prefix}_precision"), a.precision);
             values.insert(format!("{prefix}_recall"), a.recall);
             values.insert(format!("{prefix}_f1"), a.f1);
@@ -351,4 +355,12 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
     };
     values.insert(format!("{prefix}_n"), records.len() as f64);
     Ok(MetricOutput { values, records })
+}
+
+/// `<key>_stderr`: the bootstrap standard error of a percentage of items (see [`stats`]).
+fn insert_rate_stderr(values: &mut BTreeMap<String, f64>, key: &str, hits: impl Iterator<Item = bool>) {
+    let xs: Vec<f64> = hits.map(|h| f64::from(u8::from(h))).collect();
+    if let Some((_, Some(se))) = stats::mean_stderr(&xs) {
+        values.insert(format!("{key}_stderr"), 100.0 * se);
+    }
 }

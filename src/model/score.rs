@@ -1,5 +1,7 @@
 //! Log-likelihood of continuations given contexts, batched (the basis of multiple-choice metrics).
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Tensor};
 
 use super::batch::{PaddedBatch, Padding};
@@ -17,8 +19,10 @@ pub struct ContinuationScore {
 }
 
 /// Scores `(context, continuation)` pairs. Rows are right-padded, so causality keeps padding out
-/// of every real position and the scores do not depend on `batch_size`. Longest requests go first
-/// (fewer pad tokens per batch); results come back in request order.
+/// of every real position and the scores do not depend on `batch_size`. Requests with the same
+/// model input (context + continuation without its last token; e.g. one-token continuations
+/// " A" / " B" after one context) share one forward row, as lm-evaluation-harness does. Longest
+/// inputs go first (fewer pad tokens per batch); results come back in request order.
 pub fn score_continuations(
     model: &CausalLm,
     requests: &[(Vec<u32>, Vec<u32>)],
@@ -28,32 +32,39 @@ pub fn score_continuations(
     if let Some(i) = requests.iter().position(|(c, k)| c.is_empty() || k.is_empty()) {
         return Err(ModelError::Input(format!("scoring request {i} has an empty context or continuation")));
     }
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(requests[i].0.len() + requests[i].1.len()));
+    // The input drops the last token: position t predicts token t+1.
+    let mut inputs: Vec<Vec<u32>> = Vec::new();
+    let mut readers: Vec<Vec<usize>> = Vec::new();
+    let mut input_of: HashMap<Vec<u32>, usize> = HashMap::new();
+    for (i, (c, k)) in requests.iter().enumerate() {
+        let mut s = c.clone();
+        s.extend_from_slice(&k[..k.len() - 1]);
+        let u = *input_of.entry(s).or_insert_with_key(|s| {
+            inputs.push(s.clone());
+            readers.push(Vec::new());
+            inputs.len() - 1
+        });
+        readers[u].push(i);
+    }
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&u| std::cmp::Reverse(inputs[u].len()));
     let mut results = vec![None; requests.len()];
     let opts = ForwardOptions::inference();
     for chunk in order.chunks(batch_size.max(1)) {
-        // The input drops the last token: position t predicts token t+1.
-        let seqs: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|&i| {
-                let (c, k) = &requests[i];
-                let mut s = c.clone();
-                s.extend_from_slice(&k[..k.len() - 1]);
-                s
-            })
-            .collect();
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|&u| inputs[u].clone()).collect();
         let batch = PaddedBatch::new(&seqs, pad_id, Padding::Right, &model.device)?;
         let width = batch.ids.dim(1)?;
         let hidden = model.forward_hidden(&batch.ids, &batch.positions, &batch.valid, None, &opts)?;
         let hidden = hidden.flatten_to(1)?;
         let mut rows = Vec::new();
         let mut targets = Vec::new();
-        for (b, &i) in chunk.iter().enumerate() {
-            let (c, k) = &requests[i];
-            for (j, &tok) in k.iter().enumerate() {
-                rows.push((b * width + c.len() - 1 + j) as u32);
-                targets.push(tok);
+        for (b, &u) in chunk.iter().enumerate() {
+            for &i in &readers[u] {
+                let (c, k) = &requests[i];
+                for (j, &tok) in k.iter().enumerate() {
+                    rows.push((b * width + c.len() - 1 + j) as u32);
+                    targets.push(tok);
+                }
             }
         }
         let picked = hidden.index_select(&Tensor::new(rows.as_slice(), &model.device)?, 0)?;
@@ -62,13 +73,15 @@ pub fn score_continuations(
         let target_t = Tensor::new(targets.as_slice(), &model.device)?.unsqueeze(1)?;
         let lp: Vec<f32> = logp.gather(&target_t, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec1()?;
         let mut at = 0;
-        for &i in chunk {
-            let n = requests[i].1.len();
-            let logprob = lp[at..at + n].iter().map(|&v| v as f64).sum();
-            let is_greedy = (at..at + n).all(|j| argmax[j] == targets[j]);
-            results[i] = Some(ContinuationScore { logprob, is_greedy, num_tokens: n });
-            at += n;
+        for &u in chunk {
+            for &i in &readers[u] {
+                let n = requests[i].1.len();
+                let logprob = lp[at..at + n].iter().map(|&v| v as f64).sum();
+                let is_greedy = (at..at + n).all(|j| argmax[j] == targets[j]);
+                results[i] = Some(ContinuationScore { logprob, is_greedy, num_tokens: n });
+                at += n;
+            }
         }
     }
-    Ok(results.into_iter().map(|r| r.expect("every request is in one chunk")).collect())
+    Ok(results.into_iter().map(|r| r.expect("every request reads one input")).collect())
 }
