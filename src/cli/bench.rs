@@ -1,6 +1,7 @@
 //! `runner bench`: throughput of training steps and generation on one model, the same
 //! configurations `scripts/bench_torch.py` runs with PyTorch + transformers.
 
+use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -28,6 +29,40 @@ pub struct Common {
     pub repeats: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `cuda` needs a build with `--features cuda` (scripts/build_cuda.sh).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: BenchDevice,
+    /// Dtype of the base weights (LoRA weights and optimizer state stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: BenchDType,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum BenchDevice {
+    Cpu,
+    Cuda,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum BenchDType {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Common {
+    fn load_options(&self, trainable: bool) -> anyhow::Result<LoadOptions> {
+        let device = match self.device {
+            BenchDevice::Cpu => Device::Cpu,
+            BenchDevice::Cuda => Device::new_cuda(0)?,
+        };
+        let dtype = match self.dtype {
+            BenchDType::F32 => DType::F32,
+            BenchDType::Bf16 => DType::BF16,
+            BenchDType::F16 => DType::F16,
+        };
+        Ok(LoadOptions { device, dtype, trainable })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -64,7 +99,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 fn train(a: TrainBench) -> anyhow::Result<()> {
     let c = &a.common;
-    let mut lm = model::load(&c.model, &LoadOptions { trainable: a.lora_r == 0, ..Default::default() })?;
+    let mut lm = model::load(&c.model, &c.load_options(a.lora_r == 0)?)?;
     if a.lora_r > 0 {
         let cfg = LoraConfig {
             r: a.lora_r,
@@ -96,8 +131,10 @@ fn train(a: TrainBench) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let tokens = (c.batch * a.seq_len * c.repeats) as f64;
     println!(
-        "bench train: model={} batch={} seq_len={} lora_r={} steps={} time={:.3}s step={:.3}s tokens/s={:.1}",
+        "bench train: model={} device={:?} dtype={:?} batch={} seq_len={} lora_r={} steps={} time={:.3}s step={:.3}s tokens/s={:.1}",
         c.model,
+        c.device,
+        c.dtype,
         c.batch,
         a.seq_len,
         a.lora_r,
@@ -111,7 +148,7 @@ fn train(a: TrainBench) -> anyhow::Result<()> {
 
 fn generate(a: GenerateBench) -> anyhow::Result<()> {
     let c = &a.common;
-    let lm = model::load(&c.model, &LoadOptions::default())?;
+    let lm = model::load(&c.model, &c.load_options(false)?)?;
     let m = &lm.model;
     let mut rng = StdRng::seed_from_u64(c.seed);
     let prompts: Vec<Vec<u32>> = (0..c.batch).map(|_| random_ids(&mut rng, m.config.vocab_size, a.prompt_len)).collect();
@@ -124,8 +161,10 @@ fn generate(a: GenerateBench) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let tokens = (c.batch * a.new_tokens * c.repeats) as f64;
     println!(
-        "bench generate: model={} batch={} prompt_len={} new_tokens={} repeats={} time={:.3}s new tokens/s={:.1}",
+        "bench generate: model={} device={:?} dtype={:?} batch={} prompt_len={} new_tokens={} repeats={} time={:.3}s new tokens/s={:.1}",
         c.model,
+        c.device,
+        c.dtype,
         c.batch,
         a.prompt_len,
         a.new_tokens,
