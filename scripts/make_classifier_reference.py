@@ -5,8 +5,8 @@ Usage:  python scripts/make_classifier_reference.py [--out DIR]
         (default: tests/fixtures/tiny/llama_seqcls next to this script's repository root;
         existing outputs are overwritten)
 
-Requirements: torch, transformers, tokenizers, safetensors, numpy (CPU only, nothing is
-downloaded). Reads the tiny tokenizer written by scripts/make_reference.py
+Requirements: those of scripts/make_reference.py, whose JSON helpers it uses (CPU only, nothing
+is downloaded). Reads the tiny tokenizer written by scripts/make_reference.py
 (tests/fixtures/tiny/tokenizer).
 
 What it builds
@@ -43,7 +43,6 @@ reference.json (floats are float32 values written as their shortest round-trip d
 
 import argparse
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -62,6 +61,8 @@ torch.use_deterministic_algorithms(True)
 import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast  # noqa: E402
 
+from make_reference import dump_json, f32  # noqa: E402  (same fixture conventions; this directory is on sys.path)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_DIR = REPO_ROOT / "tests" / "fixtures" / "tiny" / "tokenizer"
 DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "tiny" / "llama_seqcls"
@@ -75,35 +76,6 @@ CONVERSATIONS = [
     ("Tell me about the fox.", "The quick brown fox jumps over the lazy dog.", True),
     ("Is it safe?", "Yes.", False),
 ]
-
-
-def dump_json(path: Path, obj: dict) -> None:
-    def check(v):
-        if isinstance(v, float):
-            assert math.isfinite(v), f"non-finite float in {path}"
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                check(x)
-        elif isinstance(v, dict):
-            for x in v.values():
-                check(x)
-
-    check(obj)
-    lines = [f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'), allow_nan=False)}" for k, v in obj.items()]
-    path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
-
-
-def _short(v: np.float32) -> float:
-    r = float(str(v))
-    assert np.float32(r) == v, (v, r)
-    return r
-
-
-def f32(x):
-    arr = np.asarray(x.detach().to(torch.float32).cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
-    if arr.ndim == 0:
-        return _short(arr[()])
-    return [f32(a) for a in arr]
 
 
 def pad(seqs, side):
