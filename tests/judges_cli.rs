@@ -55,6 +55,9 @@ fn trained_refusal_classifier_and_llm_judges_run_end_to_end() {
     let eval_plan = plan["stages"].as_array().unwrap().iter().find(|s| s["config"]["name"] == "eval").unwrap();
     let judge_id = judge.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(eval_plan["config"]["inputs"]["judge"], serde_json::json!(judge_id), "judge.stage is a stage input");
+    // The classifier judge's relative model path is made absolute in the stage's parameters.
+    let judge_model = eval_plan["config"]["params"]["metrics"][2]["judge"]["model"].as_str().unwrap();
+    assert!(Path::new(judge_model).is_absolute() && judge_model.ends_with("tests/fixtures/tiny/llama_seqcls"), "{judge_model}");
 
     let m: serde_json::Value = serde_json::from_str(&read(&eval.join("metrics.json"))).unwrap();
     for prefix in ["trained_judge", "refusal_judge", "classifier_judge"] {

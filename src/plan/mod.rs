@@ -173,6 +173,7 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
     let mut stages: Vec<PlannedStage> = Vec::new();
     let mut planned_runs = Vec::new();
     let mut identity_cache: BTreeMap<String, String> = BTreeMap::new();
+    let spec_dir = loaded.path.parent().unwrap_or(std::path::Path::new("."));
     for (index, run) in runs.iter().enumerate() {
         let s = &run.spec;
         let locate = |path: &[String]| -> Origin {
@@ -248,18 +249,26 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 data.insert(name.clone(), table.clone());
                 data_identity.insert(name.clone(), id);
             }
+            // Other models the stage reads (judges): relative paths made absolute in the stage's
+            // parameters, then checked before any compute.
+            let mut params = st.params.clone();
             for (key, path) in &req.models {
-                if let Err(msg) = ctx.locate_model(path) {
-                    let at = stage_path(key);
-                    tolerate(
-                        format!("model {path}"),
-                        SpecError::Invalid {
-                            origin: locate(&at),
-                            key: spec::path::to_id_path(&loaded.document, &at),
-                            msg,
-                            suggestion: None,
-                        },
-                    )?;
+                let at = stage_path(key);
+                let invalid = |msg: String| SpecError::Invalid {
+                    origin: locate(&at),
+                    key: spec::path::to_id_path(&loaded.document, &at),
+                    msg,
+                    suggestion: None,
+                };
+                let path = match spec::resolve_path(path, spec_dir) {
+                    Some(abs) => {
+                        spec::path::set(&mut params, key, toml::Value::String(abs.clone())).map_err(invalid)?;
+                        abs
+                    }
+                    None => path.clone(),
+                };
+                if let Err(msg) = ctx.locate_model(&path) {
+                    tolerate(format!("model {path}"), invalid(msg))?;
                 }
             }
             let mut inputs = BTreeMap::new();
@@ -279,7 +288,7 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 kind: st.kind,
                 method: st.method.clone(),
                 method_version: req.version,
-                params: st.params.clone(),
+                params,
                 seed: run.seed,
                 model: s.model.clone(),
                 model_identity: model_identity.clone(),

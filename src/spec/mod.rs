@@ -210,56 +210,36 @@ pub fn typed(document: &Table, sources: &Sources, overrides: &[(String, Origin)]
     })
 }
 
-/// Makes relative file paths absolute: `model.path`, every `data.*.path` and the `model` of
-/// every judge table in a stage (`judge = { model = ... }`). A path is taken from the current
-/// directory when it exists there, else from the spec file's directory; `~/` is the home
-/// directory. A model path found in neither stays as written (a hub id).
+/// A relative or `~/` path made absolute: taken from the current directory when it exists there,
+/// else from the spec file's directory. `None` when it is absolute already or found in neither
+/// (then it may be a hub id).
+pub fn resolve_path(p: &str, spec_dir: &Path) -> Option<String> {
+    // `~/...` is the home directory, as a shell would expand it.
+    if let (Some(rest), Some(home)) = (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        return Some(Path::new(&home).join(rest).to_string_lossy().into_owned());
+    }
+    let path = Path::new(p);
+    if path.is_absolute() {
+        return None;
+    }
+    let cwd = std::env::current_dir().ok()?.join(path);
+    let candidate = if cwd.exists() { cwd } else { spec_dir.join(path) };
+    candidate.exists().then(|| candidate.canonicalize().unwrap_or(candidate).to_string_lossy().into_owned())
+}
+
+/// Makes the relative file paths of `model.path` and every `data.*.path` absolute
+/// ([`resolve_path`]). Other models a stage reads (judges) are resolved by the planner, from
+/// what the stage's method declares.
 pub fn resolve_paths(spec: &mut Spec, spec_dir: &Path) {
-    let resolve = |p: &str| -> Option<String> {
-        // `~/...` is the home directory, as a shell would expand it.
-        if let (Some(rest), Some(home)) = (p.strip_prefix("~/"), std::env::var_os("HOME")) {
-            return Some(Path::new(&home).join(rest).to_string_lossy().into_owned());
-        }
-        let path = Path::new(p);
-        if path.is_absolute() {
-            return None;
-        }
-        let cwd = std::env::current_dir().ok()?.join(path);
-        let candidate = if cwd.exists() { cwd } else { spec_dir.join(path) };
-        candidate.exists().then(|| candidate.canonicalize().unwrap_or(candidate).to_string_lossy().into_owned())
-    };
-    if let Some(abs) = resolve(&spec.model.path) {
+    if let Some(abs) = resolve_path(&spec.model.path, spec_dir) {
         spec.model.path = abs;
     }
     for table in spec.data.values_mut() {
         if let Some(toml::Value::String(p)) = table.get("path") {
             // A path found nowhere stays relative to the current directory; loading will say so.
-            let abs = resolve(p).unwrap_or_else(|| std::env::current_dir().unwrap_or_default().join(p).to_string_lossy().into_owned());
+            let abs = resolve_path(p, spec_dir)
+                .unwrap_or_else(|| std::env::current_dir().unwrap_or_default().join(p).to_string_lossy().into_owned());
             table.insert("path".into(), toml::Value::String(abs));
-        }
-    }
-    fn judge_models(v: &mut toml::Value, in_judge: bool, resolve: &dyn Fn(&str) -> Option<String>) {
-        match v {
-            toml::Value::Table(t) => {
-                if in_judge {
-                    if let Some(abs) = t.get("model").and_then(toml::Value::as_str).and_then(resolve) {
-                        t.insert("model".into(), toml::Value::String(abs));
-                    }
-                }
-                if let Some(abs) = t.get("reference_model").and_then(toml::Value::as_str).and_then(resolve) {
-                    t.insert("reference_model".into(), toml::Value::String(abs));
-                }
-                for (k, v) in t.iter_mut() {
-                    judge_models(v, k == "judge", resolve);
-                }
-            }
-            toml::Value::Array(a) => a.iter_mut().for_each(|v| judge_models(v, in_judge, resolve)),
-            _ => {}
-        }
-    }
-    for stage in spec.stage.iter_mut() {
-        for (k, v) in stage.params.iter_mut() {
-            judge_models(v, k == "judge", &resolve);
         }
     }
 }
