@@ -10,6 +10,7 @@ pub mod report;
 pub mod results;
 pub mod sched;
 pub mod spec;
+pub mod stage;
 pub mod store;
 pub mod train;
 pub mod util;

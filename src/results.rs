@@ -31,7 +31,7 @@ pub fn collect_rows(plan: &Plan, results: &ResultsDir) -> Result<Vec<RunRow>, St
             let name = plan.stage(stage_id).map(|s| s.config.name.clone()).unwrap_or_default();
             match st.state {
                 StageState::Done => {
-                    let path = dir.join("metrics.json");
+                    let path = results.stage(stage_id).metrics();
                     if path.exists() {
                         let m: BTreeMap<String, f64> = store::read_json(&path)?;
                         metrics.extend(m.into_iter().map(|(k, v)| (format!("{name}.{k}"), v)));

@@ -19,6 +19,7 @@ use runner::eval::benchmarks::{self, BbqAnswer, BbqChoices, BbqRecord};
 use runner::eval::judge::JudgeEnv;
 use runner::eval::multiple_choice::{score_items, McRecord, ScoreOptions};
 use runner::eval::{dromedary, run_metric, text_metrics, MetricSpec};
+use runner::methods::Validate;
 use runner::model::{self, LoadOptions, LoadedModel};
 use serde_json::{json, Value};
 
@@ -438,9 +439,9 @@ metrics = [
 ]
 "#;
     let p: runner::methods::evaluate::EvalParams = toml::from_str(text).unwrap();
-    p.check().unwrap();
+    p.validate("eval").unwrap();
     assert_eq!(p.metrics[2].form, Some(runner::eval::HhhForm::Dromedary));
     let bad: runner::methods::evaluate::EvalParams =
         toml::from_str(r#"metrics = [{ metric = "bbq", data = "bbq" }, { metric = "bbq", data = "bbq", form = "dromedary" }]"#).unwrap();
-    assert_eq!(bad.check().unwrap_err().key, "metrics.1.form");
+    assert_eq!(bad.validate("eval").unwrap_err().key, "metrics.1.form");
 }

@@ -4,10 +4,10 @@
 mod common;
 
 use common::*;
-use runner::methods::booster::{BoosterRule, CyclingLoader};
+use runner::methods::booster::BoosterRule;
 use runner::methods::vaccine::VaccineRule;
 use runner::model::{self, add_lora, ForwardOptions, LoadOptions, LoraConfig};
-use runner::train::{Example, GradientRule, TrainBatch};
+use runner::train::{Example, GradientRule, Order, PairBatch, Stream, TrainBatch};
 
 fn lora_model() -> model::LoadedModel {
     let mut lm = model::load(tiny("llama_gqa").to_str().unwrap(), &LoadOptions::default()).unwrap();
@@ -45,7 +45,7 @@ fn booster_combines_three_gradients_and_restores_the_weights_exactly() {
     let lm = lora_model();
     let params = lm.model.trainable_params();
     let opts = ForwardOptions::training(None);
-    let rule = || BoosterRule { harmful: CyclingLoader::new(harmful_examples(), 10, 5), lambda: 5.0, alpha: 0.1 };
+    let rule = || BoosterRule { harmful: Stream::new(harmful_examples(), 10, Order::Shuffled, 5), lambda: 5.0, alpha: 0.1 };
     let before = values(&lm);
     let parts = rule().gradients_parts(&lm.model, &params, &[align_batch()], &opts).unwrap();
     assert_eq!(values(&lm), before, "weights after the restore are bit-identical");
@@ -68,7 +68,7 @@ fn booster_combines_three_gradients_and_restores_the_weights_exactly() {
 
 #[test]
 fn booster_harmful_loader_cycles_through_every_example() {
-    let mut loader = CyclingLoader::new(harmful_examples(), 1, 9);
+    let mut loader = Stream::new(harmful_examples(), 1, Order::Shuffled, 9);
     let mut seen: Vec<Vec<u32>> = (0..4).map(|_| loader.next_batch().input_ids[0].clone()).collect();
     seen.sort();
     let mut expected = seqs();
@@ -108,13 +108,15 @@ fn repnoise_loss_combines_its_three_terms_and_reaches_every_adapter() {
     let bad = Example { labels: bad_ids.iter().map(|&t| t as i64).collect(), input_ids: bad_ids };
     let batch = TrainBatch { input_ids: vec![safe.input_ids.clone()], labels: vec![safe.labels.clone()] };
     let plain = runner::train::lm_loss(&lm.model, &batch, &opts).unwrap().to_scalar::<f32>().unwrap();
-    let mut only_ce = RepNoiseRule::new(vec![(safe.clone(), bad.clone())], 0.0, 0.0, 1);
-    let l0 = only_ce.loss(&lm.model, &batch, &opts).unwrap().to_scalar::<f32>().unwrap();
+    let harmful = vec![bad.input_ids.clone()];
+    let mut only_ce = RepNoiseRule::new(0.0, 0.0, 1);
+    let l0 = only_ce.loss(&lm.model, &batch, &harmful, &opts).unwrap().to_scalar::<f32>().unwrap();
     assert!((l0 - plain).abs() < 1e-5, "with alpha = beta = 0 it is the harmless loss");
-    let mut rule = RepNoiseRule::new(vec![(safe, bad)], 0.1, 0.001, 1);
-    let l = rule.loss(&lm.model, &batch, &opts).unwrap().to_scalar::<f32>().unwrap();
+    let mut rule = RepNoiseRule::new(0.1, 0.001, 1);
+    let l = rule.loss(&lm.model, &batch, &harmful, &opts).unwrap().to_scalar::<f32>().unwrap();
     assert!(l.is_finite() && l < l0, "the -alpha*log(harmful CE + 1) term lowers the loss: {l} vs {l0}");
-    let (_, g) = rule.gradients(&lm.model, &params, &[batch], &opts).unwrap();
+    let pair = PairBatch { preferred: batch, rejected: TrainBatch { input_ids: harmful, labels: vec![bad.labels.clone()] } };
+    let (_, g) = rule.gradients(&lm.model, &params, &[pair], &opts).unwrap();
     for (n, t) in g.names.iter().zip(&g.tensors) {
         assert!(t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{n} has no gradient");
     }

@@ -166,3 +166,115 @@ fn lora_dropout_is_seeded() {
     assert_eq!(loss_with(3), loss_with(3));
     assert_ne!(loss_with(3), loss_with(4));
 }
+
+/// Logits of every position of `b` under `opts`, flattened.
+fn all_logits(lm: &model::LoadedModel, b: &TrainBatch, opts: &ForwardOptions) -> Vec<f32> {
+    let t = runner::train::reference::token_logits(&lm.model, b, opts).unwrap();
+    flat(&t.logits)
+}
+
+#[test]
+fn the_reference_forward_is_the_model_before_the_stage() {
+    let b = batch();
+    let opts = ForwardOptions::training(None);
+    // A continued adapter (Booster's single LoRA): the reference keeps its loaded values.
+    let mut lm = lora_model();
+    lm.model.freeze_reference().unwrap();
+    let before = all_logits(&lm, &b, &opts);
+    let params = lm.model.trainable_params();
+    let mut opt = AdamW::new(&params, AdamWConfig::default()).unwrap();
+    for _ in 0..2 {
+        let g = Gradients::of(&lm_loss(&lm.model, &b, &opts).unwrap(), &params).unwrap();
+        opt.step(&params, &g, 1e-2).unwrap();
+    }
+    let after = all_logits(&lm, &b, &opts);
+    assert!(max_abs_diff(&after, &before) > 1e-3, "training moved the model");
+    let reference = runner::train::reference::reference_token_logits(&lm.model, &b, &opts).unwrap();
+    assert!(max_abs_diff(&flat(&reference.logits), &before) < 1e-6, "the reference is the model before training");
+    // And it takes no gradient.
+    let lp = reference.sequence_logprobs().unwrap().sum_all().unwrap();
+    assert_eq!(Gradients::of(&lp, &params).unwrap().global_norm().unwrap(), 0.0);
+    // A fresh adapter is not part of the reference: it is the model it was added to.
+    let base = model::load(tiny("llama_gqa").to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let fresh = lora_model();
+    let r = runner::train::reference::reference_token_logits(&fresh.model, &b, &opts).unwrap();
+    assert!(max_abs_diff(&flat(&r.logits), &all_logits(&base, &b, &opts)) < 1e-6);
+}
+
+#[test]
+fn sequence_log_probabilities_sum_the_masked_token_losses() {
+    let lm = lora_model();
+    let b = batch();
+    let opts = ForwardOptions::training(None);
+    let t = runner::train::reference::token_logits(&lm.model, &b, &opts).unwrap();
+    let per_seq: Vec<f32> = t.sequence_logprobs().unwrap().to_vec1().unwrap();
+    assert_eq!(per_seq.len(), 2);
+    for (i, lp) in per_seq.iter().enumerate() {
+        let one = TrainBatch { input_ids: vec![b.input_ids[i].clone()], labels: vec![b.labels[i].clone()] };
+        let n = one.num_targets() as f32;
+        let mean_nll = lm_loss(&lm.model, &one, &opts).unwrap().to_scalar::<f32>().unwrap();
+        assert!((-lp / n - mean_nll).abs() < 1e-5, "sequence {i}: {} vs {mean_nll}", -lp / n);
+    }
+}
+
+#[test]
+fn the_trainer_steps_through_pairs_and_several_streams() {
+    use runner::model::Result as ModelResult;
+    use runner::train::{
+        train_on, EpochBatches, Example, GradientRule, Order, PairBatch, ResponsePair, Stream, StreamSteps, TrainerConfig,
+    };
+    let b = batch();
+    let ex = |i: usize| Example { input_ids: b.input_ids[i].clone(), labels: b.labels[i].clone() };
+    /// A rule that sees pairs: preferred loss minus rejected loss (a contrastive toy objective).
+    struct Contrast(usize);
+    impl GradientRule<PairBatch> for Contrast {
+        fn gradients(
+            &mut self,
+            model: &runner::model::CausalLm,
+            params: &[(String, candle_core::Var)],
+            micro: &[PairBatch],
+            opts: &ForwardOptions,
+        ) -> ModelResult<(f64, Gradients)> {
+            self.0 += micro.len();
+            runner::train::accumulate(
+                params,
+                micro,
+                |_| 1,
+                |mb| Ok((lm_loss(model, &mb.preferred, opts)? - lm_loss(model, &mb.rejected, opts)?)?),
+            )
+        }
+    }
+    let lm = lora_model();
+    let pairs: Vec<ResponsePair> = (0..4).map(|i| ResponsePair { preferred: ex(i % 2), rejected: ex(1 - i % 2) }).collect();
+    let cfg = TrainerConfig { epochs: 2, batch_size: 2, lr: 1e-3, ..Default::default() };
+    let mut rule = Contrast(0);
+    let summary =
+        train_on(&lm.model, lm.model.trainable_params(), &mut EpochBatches::new(&pairs, &cfg), &cfg, &mut rule, &mut |_| {}).unwrap();
+    assert_eq!((summary.steps, rule.0), (4, 4));
+
+    /// A rule that sees one batch per stream: forget (ascent) and retain (descent).
+    struct ForgetRetain(Vec<usize>);
+    impl GradientRule<Vec<TrainBatch>> for ForgetRetain {
+        fn gradients(
+            &mut self,
+            model: &runner::model::CausalLm,
+            params: &[(String, candle_core::Var)],
+            micro: &[Vec<TrainBatch>],
+            opts: &ForwardOptions,
+        ) -> ModelResult<(f64, Gradients)> {
+            self.0.push(micro[0][0].input_ids.len());
+            runner::train::accumulate(params, micro, |_| 1, |mb| Ok((lm_loss(model, &mb[1], opts)? - lm_loss(model, &mb[0], opts)?)?))
+        }
+    }
+    let lm = lora_model();
+    let before = values(&lm.model.trainable_params());
+    let forget = Stream::new(vec![ex(0)], 1, Order::Sequential, 0);
+    let retain = Stream::new(vec![ex(0), ex(1)], 2, Order::Shuffled, 0);
+    let mut rule = ForgetRetain(Vec::new());
+    let cfg = TrainerConfig { lr: 1e-3, ..Default::default() };
+    let summary =
+        train_on(&lm.model, lm.model.trainable_params(), &mut StreamSteps::new(vec![forget, retain], 3), &cfg, &mut rule, &mut |_| {})
+            .unwrap();
+    assert_eq!((summary.steps, rule.0), (3, vec![1, 1, 1]));
+    assert_ne!(values(&lm.model.trainable_params()), before);
+}

@@ -13,6 +13,7 @@
 mod error;
 mod formats;
 mod json;
+mod manifest;
 mod mix;
 mod read;
 mod records;
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::{DataError, Row};
 pub use formats::{AGNEWS_LABELS, BBQ_UNKNOWN_ANSWERS, GSM8K_ANSWER_PROMPT, SST2_LABELS};
+pub use manifest::{reader_of, stage_reference, DatasetManifest, Producer, STAGE_KEY};
 pub use mix::{booster_attack_mix, mix, mix_counts, mix_parts, shuffle_seeded, split_by_key, MixOptions, MixPart, SeededRng, Take};
 pub use records::{Classification, Instruction, LabeledResponse, MultipleChoice, Preference, Prompt};
 pub use spec::{DataSpec, Filter, Format, Kind, McVariant, Prefer, RowRange, TemplateRef};
@@ -112,6 +114,52 @@ impl Items {
 
     fn truncate(&mut self, n: usize) {
         on_items!(self, v => v.truncate(n))
+    }
+
+    /// Keeps the items at `indices` (in the order given).
+    pub fn select(&mut self, indices: &[usize]) {
+        self.permute(indices)
+    }
+
+    /// One text field of every item, by name (`instruction`, `input`, `output` of instructions;
+    /// `prompt`, `chosen`, `rejected` of preference pairs; `prompt`, `response` of labeled
+    /// responses; `prompt` of prompts), for filters over generated data.
+    pub fn texts(&self, field: &str) -> Result<Vec<&str>, DataError> {
+        let fields: &[&str] = match self {
+            Items::Instructions(_) => &["instruction", "input", "output"],
+            Items::Preferences(_) => &["prompt", "chosen", "rejected"],
+            Items::Labeled(_) => &["prompt", "response"],
+            Items::Prompts(_) => &["prompt"],
+            Items::MultipleChoice(_) | Items::Classification(_) => &[],
+        };
+        if !fields.contains(&field) {
+            return Err(DataError::Spec(format!(
+                "{} have no text field `{field}` (fields: {})",
+                self.kind().describe(),
+                if fields.is_empty() { "none".to_string() } else { fields.join(", ") }
+            )));
+        }
+        Ok(match self {
+            Items::Instructions(v) => v
+                .iter()
+                .map(|x| match field {
+                    "instruction" => x.instruction.as_str(),
+                    "input" => x.input.as_str(),
+                    _ => x.output.as_str(),
+                })
+                .collect(),
+            Items::Preferences(v) => v
+                .iter()
+                .map(|x| match field {
+                    "prompt" => x.prompt.as_str(),
+                    "chosen" => x.chosen.as_str(),
+                    _ => x.rejected.as_str(),
+                })
+                .collect(),
+            Items::Labeled(v) => v.iter().map(|x| if field == "prompt" { x.prompt.as_str() } else { x.response.as_str() }).collect(),
+            Items::Prompts(v) => v.iter().map(|x| x.prompt.as_str()).collect(),
+            Items::MultipleChoice(_) | Items::Classification(_) => Vec::new(),
+        })
     }
 
     /// One JSON object per line, in the field layout of the record types. Instructions,

@@ -126,6 +126,37 @@ pub enum MetricKind {
     DiversityFluency,
 }
 
+impl MetricKind {
+    /// The name a spec uses (`metric = "..."`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MetricKind::MultipleChoice => "multiple_choice",
+            MetricKind::HarmfulScore => "harmful_score",
+            MetricKind::FinetuneAccuracy => "finetune_accuracy",
+            MetricKind::JudgeAccuracy => "judge_accuracy",
+            MetricKind::TruthfulqaMc => "truthfulqa_mc",
+            MetricKind::Hhh => "hhh",
+            MetricKind::Bbq => "bbq",
+            MetricKind::DiversityFluency => "diversity_fluency",
+        }
+    }
+
+    /// The metric's own version, part of the identity of every eval stage that computes it: bump
+    /// it when a change alters the metric's values, and only the stages using it re-run.
+    pub fn version(self) -> u32 {
+        match self {
+            MetricKind::MultipleChoice
+            | MetricKind::HarmfulScore
+            | MetricKind::FinetuneAccuracy
+            | MetricKind::JudgeAccuracy
+            | MetricKind::TruthfulqaMc
+            | MetricKind::Hhh
+            | MetricKind::Bbq
+            | MetricKind::DiversityFluency => 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeSpec {
@@ -229,7 +260,7 @@ impl MetricSpec {
     fn check_scoring_options(&self) -> Result<(), (String, String)> {
         use MetricKind::*;
         let bad = |key: &str, msg: String| Err((key.to_string(), msg));
-        let name = serde_json::to_value(self.metric).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let name = self.metric.name();
         if self.form.is_some() && self.metric != Hhh {
             return bad("form", format!("`form` applies to metric = \"hhh\", not {name:?}"));
         }

@@ -11,52 +11,68 @@
 //! 7. step with `g_f + lambda * (g_h - g_h')` (then clipping and AdamW, by the trainer).
 
 use candle_core::Var;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 
+use super::params::{MethodOptions, StageInputs, Trained, Validate};
+use super::sft::TrainParams;
 use crate::model::{CausalLm, ForwardOptions, Result};
+use crate::plan::ParamError;
+use crate::spec::StageKind;
+use crate::stage::{Metrics, StageContext, StageError};
 use crate::train::grads::perturb;
-use crate::train::{accumulated_gradients, lm_loss, Example, GradientRule, Gradients, ParamSnapshot, TrainBatch};
+use crate::train::{accumulated_gradients, lm_loss, Example, GradientRule, Gradients, Order, ParamSnapshot, Stream, TrainBatch};
 
-/// Cycles through examples in seeded random order, reshuffling at every pass.
-pub struct CyclingLoader {
-    examples: Vec<Example>,
-    order: Vec<usize>,
-    at: usize,
-    batch_size: usize,
-    rng: StdRng,
+/// `booster = { ... }`: the regularizer's harmful data and weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoosterParams {
+    /// The harmful dataset of the regularizer.
+    pub harmful: String,
+    /// Regularizer weight (official default 5).
+    #[serde(default = "default_lambda")]
+    pub lambda: f64,
+    /// Step size of the simulated harmful step (official default 0.1).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Harmful batch size (hard-coded to 10 in the official code).
+    #[serde(default = "default_harmful_batch")]
+    pub harmful_batch_size: usize,
 }
 
-impl CyclingLoader {
-    pub fn new(examples: Vec<Example>, batch_size: usize, seed: u64) -> Self {
-        let mut me = Self { order: Vec::new(), at: 0, batch_size: batch_size.max(1), rng: StdRng::seed_from_u64(seed), examples };
-        me.reshuffle();
-        me
-    }
+fn default_lambda() -> f64 {
+    5.0
+}
+fn default_alpha() -> f64 {
+    0.1
+}
+fn default_harmful_batch() -> usize {
+    10
+}
 
-    fn reshuffle(&mut self) {
-        self.order = (0..self.examples.len()).collect();
-        self.order.shuffle(&mut self.rng);
-        self.at = 0;
-    }
+impl MethodOptions for BoosterParams {
+    const KEY: &'static str = "booster";
+}
 
-    pub fn next_batch(&mut self) -> TrainBatch {
-        if self.at >= self.order.len() {
-            self.reshuffle();
+impl StageInputs for BoosterParams {
+    fn datasets(&self) -> Vec<&str> {
+        vec![self.harmful.as_str()]
+    }
+}
+
+impl Validate for BoosterParams {
+    fn validate(&self, _: &str) -> std::result::Result<(), ParamError> {
+        super::params::check_range("booster.lambda", self.lambda, 0.0, f64::INFINITY)?;
+        super::params::check_range("booster.alpha", self.alpha, 0.0, f64::INFINITY)?;
+        if self.harmful_batch_size == 0 {
+            return Err(ParamError::new("booster.harmful_batch_size", "must be at least 1"));
         }
-        let end = (self.at + self.batch_size).min(self.order.len());
-        let idx = &self.order[self.at..end];
-        self.at = end;
-        TrainBatch {
-            input_ids: idx.iter().map(|&i| self.examples[i].input_ids.clone()).collect(),
-            labels: idx.iter().map(|&i| self.examples[i].labels.clone()).collect(),
-        }
+        Ok(())
     }
 }
 
 pub struct BoosterRule {
-    pub harmful: CyclingLoader,
+    /// The harmful loader: its own cycling, shuffled stream.
+    pub harmful: Stream<Example>,
     pub lambda: f64,
     pub alpha: f64,
 }
@@ -108,20 +124,26 @@ impl GradientRule for BoosterRule {
 }
 
 /// The `booster` train method: SFT on the alignment data with the Booster gradient rule.
-pub fn run(
-    ctx: &crate::exec::StageContext,
-    p: &super::sft::TrainParams,
-) -> std::result::Result<std::collections::BTreeMap<String, f64>, crate::exec::ExecError> {
-    let bp = p.booster.clone().ok_or_else(|| crate::exec::ExecError::Method("booster needs `booster = { harmful = ... }`".into()))?;
-    let harmful = super::load_dataset(ctx, &bp.harmful)?;
-    let harmful_items = harmful.as_instructions().map_err(|e| crate::exec::ExecError::Method(e.to_string()))?.to_vec();
-    let (lambda, alpha, batch) = (bp.lambda, bp.alpha, bp.harmful_batch_size);
-    let seed = ctx.config.seed;
-    super::sft::run_with(ctx, p, &|lm| {
-        let pairs = super::sft::render_pairs(lm, harmful.template(), &harmful_items, p.prompt_format)?;
-        let mut examples = super::sft::tokenize_pairs(&lm.tokenizer, &pairs, p.max_len)?;
-        // A harmful batch of cut-off examples only would have no loss at all: leave them out.
-        examples.retain(super::sft::has_target);
-        Ok(Box::new(BoosterRule { harmful: CyclingLoader::new(examples, batch, seed.wrapping_add(17)), lambda, alpha }))
-    })
+pub struct Booster;
+
+impl super::TypedMethod for Booster {
+    const NAME: &'static str = "booster";
+    const KIND: StageKind = StageKind::Train;
+    const VERSION: u32 = 2;
+    const CHANGES_MODEL: bool = true;
+    type Params = Trained<TrainParams, BoosterParams>;
+    fn run(ctx: &StageContext, p: &Self::Params) -> std::result::Result<Metrics, StageError> {
+        let bp = &p.options;
+        let harmful = ctx.dataset(&bp.harmful)?;
+        let harmful_items = harmful.as_instructions()?.to_vec();
+        let (lambda, alpha, batch) = (bp.lambda, bp.alpha, bp.harmful_batch_size);
+        let seed = ctx.config.seed;
+        super::sft::run_with(ctx, &p.optim, &p.params, &|lm| {
+            let pairs = super::sft::render_pairs(lm, harmful.template(), &harmful_items, p.params.prompt_format)?;
+            let mut examples = super::sft::tokenize_pairs(&lm.tokenizer, &pairs, p.optim.max_len)?;
+            // A harmful batch of cut-off examples only would have no loss at all: leave them out.
+            examples.retain(super::sft::has_target);
+            Ok(Box::new(BoosterRule { harmful: Stream::new(examples, batch, Order::Shuffled, seed.wrapping_add(17)), lambda, alpha }))
+        })
+    }
 }

@@ -15,18 +15,21 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::load_dataset;
+use super::params::{OptimizerParams, StageInputs, Trained, Validate};
 use super::sft::lora_config;
 use crate::eval::judge::{strip_control_tokens, JudgeTemplate, TrainedJudgeInfo};
-use crate::exec::{ExecError, StageContext};
 use crate::model::{self, ClassifierHead, ForwardOptions, HeadConfig, LoadOptions, Pooling, ProblemType};
 use crate::plan::ParamError;
+use crate::spec::StageKind;
+use crate::stage::{Metrics, StageContext, StageError};
 use crate::store;
-use crate::train::{self, classification_example, ClassificationLoss, FrozenPrefix, ScheduleKind, TrainerConfig};
+use crate::train::{self, classification_example, ClassificationLoss, FrozenPrefix};
 
 /// Label order of trained judges: index 1 is unsafe.
 pub const LABELS: [&str; 2] = ["safe", "unsafe"];
 
+/// The judge's own keys; the optimizer block comes beside them (`max_len` also cuts the judge
+/// inputs, in training and when judging).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifierParams {
@@ -38,71 +41,22 @@ pub struct ClassifierParams {
     /// The judge input: `beaverdam` (default) or inline text with `{prompt}`, `{response}`, `{eos}`.
     #[serde(default)]
     pub template: Option<String>,
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    #[serde(default = "one")]
-    pub epochs: usize,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    #[serde(default = "one")]
-    pub grad_accum: usize,
-    #[serde(default = "default_schedule")]
-    pub schedule: ScheduleKind,
-    #[serde(default)]
-    pub warmup_ratio: f64,
-    #[serde(default)]
-    pub weight_decay: f64,
-    /// Global-norm clipping (default 1.0); 0 disables it.
-    #[serde(default = "default_clip")]
-    pub max_grad_norm: f64,
-    #[serde(default)]
-    pub max_steps: Option<usize>,
-    /// Judge inputs are cut to this many tokens (training and judging).
-    #[serde(default = "default_max_len")]
-    pub max_len: usize,
     /// Standard deviation of the head's initial weights (transformers' initializer_range).
     #[serde(default = "default_init_std")]
     pub head_init_std: f64,
 }
 
-fn default_lr() -> f64 {
-    1e-4
-}
-fn one() -> usize {
-    1
-}
-fn default_batch() -> usize {
-    4
-}
-fn default_schedule() -> ScheduleKind {
-    ScheduleKind::Constant
-}
-fn default_clip() -> f64 {
-    1.0
-}
-fn default_max_len() -> usize {
-    256
-}
 fn default_init_std() -> f64 {
     0.02
 }
 
-impl ClassifierParams {
-    pub fn check(&self) -> Result<(), ParamError> {
-        let err = |key: &str, msg: String| Err(ParamError { key: key.into(), msg, suggestion: None });
+impl Validate for ClassifierParams {
+    fn validate(&self, _: &str) -> Result<(), ParamError> {
+        let err = |key: &str, msg: String| Err(ParamError::new(key, msg));
         if let Some(t) = &self.template {
             if let Err(msg) = JudgeTemplate::resolve(t) {
                 return err("template", msg);
             }
-        }
-        if self.lr <= 0.0 || !self.lr.is_finite() {
-            return err("lr", "must be a positive number".into());
-        }
-        if self.batch_size == 0 || self.grad_accum == 0 || self.epochs == 0 {
-            return err("batch_size", "batch_size, grad_accum and epochs must be at least 1".into());
-        }
-        if self.max_len < 2 {
-            return err("max_len", "must be at least 2".into());
         }
         if self.samples == Some(0) {
             return err("samples", "must be at least 1".into());
@@ -112,42 +66,42 @@ impl ClassifierParams {
         }
         Ok(())
     }
-
-    pub fn trainer(&self, seed: u64) -> TrainerConfig {
-        TrainerConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.grad_accum,
-            lr: self.lr,
-            schedule: self.schedule,
-            warmup_ratio: self.warmup_ratio,
-            weight_decay: self.weight_decay,
-            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
-            max_steps: self.max_steps,
-            seed,
-        }
-    }
 }
 
-impl super::params::StageInputs for ClassifierParams {
+impl StageInputs for ClassifierParams {
     fn datasets(&self) -> Vec<&str> {
         vec![self.data.as_str()]
     }
 }
 
-pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, f64>, ExecError> {
+/// The `classifier` train method.
+pub struct Classifier;
+
+impl super::TypedMethod for Classifier {
+    const NAME: &'static str = "classifier";
+    const KIND: StageKind = StageKind::Train;
+    const VERSION: u32 = 1;
+    /// A judge: later stages read it as an input, they do not continue from it.
+    const CHANGES_MODEL: bool = false;
+    type Params = Trained<ClassifierParams>;
+    fn run(ctx: &StageContext, p: &Self::Params) -> Result<Metrics, StageError> {
+        run(ctx, &p.optim, &p.params)
+    }
+}
+
+fn run(ctx: &StageContext, o: &OptimizerParams, p: &ClassifierParams) -> Result<Metrics, StageError> {
     let lora = lora_config(ctx)?;
-    let template = JudgeTemplate::resolve(p.template.as_deref().unwrap_or("beaverdam")).map_err(ExecError::Method)?;
-    let data = load_dataset(ctx, &p.data)?;
+    let template = JudgeTemplate::resolve(p.template.as_deref().unwrap_or("beaverdam")).map_err(StageError::Method)?;
+    let data = ctx.dataset(&p.data)?;
     let items = data.as_labeled().map_err(|e| {
-        ExecError::Method(format!(
+        StageError::Method(format!(
             "stage {}: data `{}`: {e} (the classifier trains on labelled responses: view = \"labeled\")",
             ctx.config.name, p.data
         ))
     })?;
     let items = &items[..p.samples.map_or(items.len(), |n| n.min(items.len()))];
     if items.is_empty() {
-        return Err(ExecError::Method(format!("stage {}: data `{}` holds no labelled response", ctx.config.name, p.data)));
+        return Err(StageError::Method(format!("stage {}: data `{}` holds no labelled response", ctx.config.name, p.data)));
     }
 
     // The judge's own model: the base, a fresh adapter, a fresh head.
@@ -161,9 +115,9 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
     for (i, item) in items.iter().enumerate() {
         let text = template.render(&strip_control_tokens(&item.prompt, &specials), &strip_control_tokens(&item.response, &specials), &eos);
         let mut ids = tok.encode(&text, true)?;
-        ids.truncate(p.max_len);
+        ids.truncate(o.max_len);
         let class = usize::from(!item.is_safe);
-        examples.push(classification_example(ids, class).map_err(|e| ExecError::Method(format!("data `{}` item {i}: {e}", p.data)))?);
+        examples.push(classification_example(ids, class).map_err(|e| StageError::Method(format!("data `{}` item {i}: {e}", p.data)))?);
     }
     let unsafe_n = items.iter().filter(|x| !x.is_safe).count();
     tracing::info!(examples = examples.len(), unsafe_n, "training the classifier judge");
@@ -177,7 +131,7 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
         Some(layer) if layer > 0 => {
             let seqs: Vec<Vec<u32>> = examples.iter().map(|e| e.input_ids.clone()).collect();
             tracing::info!(layer, "caching the frozen blocks below the adapters");
-            Some(FrozenPrefix::compute(&lm.model, &seqs, layer, p.batch_size)?)
+            Some(FrozenPrefix::compute(&lm.model, &seqs, layer, o.batch_size)?)
         }
         _ => None,
     };
@@ -198,7 +152,7 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
     // model is before training (the adapters start at zero).
     let sample: Vec<Vec<u32>> = examples.iter().take(64).map(|e| e.input_ids.clone()).collect();
     let mut sum: Option<Tensor> = None;
-    for chunk in sample.chunks(p.batch_size.max(1)) {
+    for chunk in sample.chunks(o.batch_size.max(1)) {
         let feats = train::classify::pooled_states(&lm.model, &rule.head, chunk, rule.pad_id, rule.prefix.as_ref())?;
         let s = feats.sum(0).map_err(model::ModelError::from)?;
         sum = Some(match sum {
@@ -208,9 +162,9 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
     }
     let center = sum.expect("at least one example").affine(1.0 / sample.len() as f64, 0.0).map_err(model::ModelError::from)?;
     rule.head.center = Some(center);
-    let cfg = p.trainer(ctx.config.seed);
+    let cfg = o.trainer(ctx.config.seed);
     let total = train::trainer::total_steps(examples.len(), &cfg);
-    let bar = crate::exec::step_progress(total as u64, &ctx.config.name);
+    let bar = ctx.progress(total as u64);
     let mut log_err = None;
     let summary = train::train_params(&lm.model, params, &examples, &cfg, &mut rule, &mut |s| {
         bar.inc(1);
@@ -225,7 +179,7 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
     }
     // Accuracy on the training examples (how well the head fits them).
     let mut correct = 0usize;
-    for chunk in examples.chunks(p.batch_size.max(1)) {
+    for chunk in examples.chunks(o.batch_size.max(1)) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.input_ids.clone()).collect();
         let logits = train::classify::classification_logits(
             &lm.model,
@@ -239,21 +193,21 @@ pub fn run(ctx: &StageContext, p: &ClassifierParams) -> Result<BTreeMap<String, 
         correct += chunk.iter().zip(pred).filter(|(e, p)| e.labels.last().copied() == Some(*p as i64)).count();
     }
 
-    model::save_adapter(&lm.model, &lora, &ctx.config.model.path, &ctx.dir.join("adapter"))?;
-    model::classify::save_head(head.as_tensor(), rule.head.center.as_ref(), &ctx.dir.join("score.safetensors"))?;
+    model::save_adapter(&lm.model, &lora, &ctx.config.model.path, &ctx.dir.adapter())?;
+    model::classify::save_head(head.as_tensor(), rule.head.center.as_ref(), &ctx.dir.score_head())?;
     let info = TrainedJudgeInfo {
         base_model: ctx.config.model.path.clone(),
         dtype: ctx.config.model.dtype,
         adapter: "adapter".into(),
-        head: "score.safetensors".into(),
+        head: ctx.dir.score_head().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         labels: LABELS.iter().map(|s| s.to_string()).collect(),
         unsafe_label: 1,
         template: template.text,
-        max_len: p.max_len,
+        max_len: o.max_len,
     };
-    store::write_json(&ctx.dir.join(TrainedJudgeInfo::FILE), &info)?;
+    store::write_json(&ctx.dir.root().join(TrainedJudgeInfo::FILE), &info)?;
     // The pipeline's model passes through: this stage's lineage is its parent's.
-    store::write_json(&ctx.dir.join("lineage.json"), &ctx.parent_lineage()?)?;
+    ctx.pass_lineage_through()?;
     Ok(BTreeMap::from([
         ("train_loss".to_string(), summary.final_loss),
         ("train_mean_loss".to_string(), summary.mean_loss),

@@ -4,10 +4,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use super::load_dataset;
+use super::params::{StageInputs, Validate};
 use crate::eval::judge::JudgeEnv;
 use crate::eval::{run_metric, MetricSpec};
-use crate::exec::{AdapterMode, ExecError, StageContext};
+use crate::plan::ParamError;
+use crate::spec::StageKind;
+use crate::stage::{AdapterMode, Metrics, StageContext, StageError};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,16 +18,33 @@ pub struct EvalParams {
     pub metrics: Vec<MetricSpec>,
 }
 
-impl EvalParams {
-    pub fn check(&self) -> Result<(), crate::plan::ParamError> {
+crate::whole_table_params!(EvalParams);
+
+/// The `eval` stage's method (eval stages name no method).
+pub struct Evaluate;
+
+impl super::TypedMethod for Evaluate {
+    const NAME: &'static str = "eval";
+    const KIND: StageKind = StageKind::Eval;
+    /// The stage's own version; each metric has its own too (`components`).
+    const VERSION: u32 = 3;
+    const CHANGES_MODEL: bool = false;
+    type Params = EvalParams;
+    fn run(ctx: &StageContext, p: &EvalParams) -> Result<Metrics, StageError> {
+        run(ctx, p)
+    }
+}
+
+impl Validate for EvalParams {
+    fn validate(&self, _: &str) -> Result<(), ParamError> {
         for (i, m) in self.metrics.iter().enumerate() {
-            m.check().map_err(|(key, msg)| crate::plan::ParamError { key: format!("metrics.{i}.{key}"), msg, suggestion: None })?;
+            m.check().map_err(|(key, msg)| ParamError::new(format!("metrics.{i}.{key}"), msg))?;
         }
         Ok(())
     }
 }
 
-impl super::params::StageInputs for EvalParams {
+impl StageInputs for EvalParams {
     fn datasets(&self) -> Vec<&str> {
         self.metrics.iter().map(|m| m.data.as_str()).collect()
     }
@@ -44,21 +63,24 @@ impl super::params::StageInputs for EvalParams {
         }
         v
     }
+    fn components(&self) -> BTreeMap<String, u32> {
+        self.metrics.iter().map(|m| (format!("metric.{}", m.metric.name()), m.metric.version())).collect()
+    }
 }
 
-pub fn run(ctx: &StageContext, p: &EvalParams) -> Result<BTreeMap<String, f64>, ExecError> {
+fn run(ctx: &StageContext, p: &EvalParams) -> Result<Metrics, StageError> {
     let lm = ctx.load_model(AdapterMode::Merged)?;
     let env = JudgeEnv {
         device: ctx.device.clone(),
         dtype: ctx.dtype(),
-        stage_dirs: ctx.config.inputs.iter().map(|(name, id)| (name.clone(), ctx.stage_dir(id))).collect(),
+        stage_dirs: ctx.config.inputs.iter().map(|(name, id)| (name.clone(), ctx.stage_dir(id).root().to_path_buf())).collect(),
     };
-    let path = ctx.dir.join("outputs.jsonl");
-    let tmp = ctx.dir.join(".outputs.jsonl.tmp");
+    let path = ctx.dir.outputs();
+    let tmp = ctx.dir.root().join(".outputs.jsonl.tmp");
     let mut out = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
     let mut values = BTreeMap::new();
     for spec in &p.metrics {
-        let data = load_dataset(ctx, &spec.data)?;
+        let data = ctx.dataset(&spec.data)?;
         tracing::info!(metric = ?spec.metric, data = %spec.data, items = data.len(), "evaluating");
         let result = run_metric(spec, &lm, &data, &env)?;
         for r in &result.records {

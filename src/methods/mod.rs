@@ -1,5 +1,6 @@
-//! The methods a stage can run, registered in code: validation and versions for the planner
-//! ([`Registry`] implements `PlanContext`), and execution for `runner exec`.
+//! The methods a stage can run: one file per method behind one trait ([`Method`]), listed in one
+//! static table ([`METHODS`]). The planner validates stages and reads versions and declared inputs
+//! through [`Registry`] (its `PlanContext`); `runner exec` runs them through [`run_stage`].
 //!
 //! | kind | method | file |
 //! |---|---|---|
@@ -9,7 +10,12 @@
 //! | train | repnoise | `repnoise.rs` |
 //! | train | classifier | `classifier.rs` (a safe/unsafe judge) |
 //! | generate | respond | `respond.rs` |
-//! | eval | (metrics list) | `evaluate.rs` |
+//! | generate | filter | `filter.rs` |
+//! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
+//!
+//! Adding a method: a new file with a unit struct implementing [`TypedMethod`] (its parameters
+//! as a serde struct implementing [`params::Validate`] and [`StageInputs`]), and one line in
+//! [`METHODS`].
 
 pub mod booster;
 pub mod classifier;
@@ -25,16 +31,103 @@ use std::path::{Path, PathBuf};
 use toml::Table;
 
 use crate::data::DataSpec;
-use crate::exec::{ExecError, StageContext};
-use crate::plan::{ParamError, PlanContext, StageRequirements};
+use crate::plan::{DataSource, ParamError, PlanContext, StageRequirements};
 use crate::spec::{closest, ModelSpec, StageKind};
-use params::StageInputs;
+use crate::stage::{Metrics, StageContext, StageError};
+pub use params::{StageInputs, Validate};
 
-/// Train methods known to this build (name, algorithm version). Bump a version when a change
-/// alters results: finished stages of the old version are then recomputed.
-const TRAIN_METHODS: [(&str, u32); 5] = [("sft", 1), ("booster", 2), ("vaccine", 1), ("repnoise", 2), ("classifier", 1)];
-const EVAL_VERSION: u32 = 3;
-const GENERATE_VERSION: u32 = 1;
+/// A method as the planner and the stage process see it. Implemented for every [`TypedMethod`].
+pub trait Method: Sync {
+    fn name(&self) -> &'static str;
+    fn kind(&self) -> StageKind;
+    /// The algorithm version: bump it when a change alters results, so finished stages of the old
+    /// version are recomputed.
+    fn version(&self) -> u32;
+    /// Whether later stages continue from this stage's model (train methods that adapt it; not a
+    /// judge classifier, which later stages only read).
+    fn changes_model(&self) -> bool;
+    /// Validates a stage's parameters (before any compute) and returns what it reads.
+    fn check(&self, params: &Table) -> Result<Declared, ParamError>;
+    /// Runs the stage.
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError>;
+}
+
+/// What a stage's parameters declare: datasets, earlier stages and other models it reads, and
+/// the versions of its parts (an eval stage's metrics) that enter its identity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Declared {
+    pub datasets: Vec<String>,
+    pub stages: Vec<String>,
+    pub models: Vec<(String, String)>,
+    pub components: BTreeMap<String, u32>,
+}
+
+/// A method with typed parameters: the blanket [`Method`] impl parses and validates them.
+pub trait TypedMethod: Sync {
+    const NAME: &'static str;
+    const KIND: StageKind;
+    const VERSION: u32;
+    const CHANGES_MODEL: bool;
+    type Params: params::StageParams + Validate + StageInputs;
+    fn run(ctx: &StageContext, p: &Self::Params) -> Result<Metrics, StageError>;
+}
+
+impl<T: TypedMethod> Method for T {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+    fn kind(&self) -> StageKind {
+        T::KIND
+    }
+    fn version(&self) -> u32 {
+        T::VERSION
+    }
+    fn changes_model(&self) -> bool {
+        T::CHANGES_MODEL
+    }
+    fn check(&self, params: &Table) -> Result<Declared, ParamError> {
+        let p = params::parse_params::<T::Params>(params)?;
+        p.validate(T::NAME)?;
+        Ok(Declared {
+            datasets: p.datasets().into_iter().map(str::to_string).collect(),
+            stages: p.stages().into_iter().map(str::to_string).collect(),
+            models: p.models().into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+            components: p.components(),
+        })
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let c = &ctx.config;
+        let p = params::parse_params::<T::Params>(&c.params).map_err(|e| StageError::Method(format!("stage {}: {e}", c.name)))?;
+        T::run(ctx, &p)
+    }
+}
+
+/// Every method of this build.
+pub static METHODS: &[&dyn Method] = &[
+    &sft::Sft,
+    &booster::Booster,
+    &vaccine::Vaccine,
+    &repnoise::RepNoise,
+    &classifier::Classifier,
+    &respond::Respond,
+    &evaluate::Evaluate,
+];
+
+/// The method a stage names; eval stages name none and run `eval`.
+pub fn find(kind: StageKind, method: Option<&str>) -> Result<&'static dyn Method, ParamError> {
+    let of_kind: Vec<&'static dyn Method> = METHODS.iter().copied().filter(|m| m.kind() == kind).collect();
+    let names = || of_kind.iter().map(|m| m.name()).collect::<Vec<_>>();
+    match (kind, method) {
+        (StageKind::Eval, Some(m)) => Err(ParamError::new("method", format!("eval stages take `metrics = [...]`, not a method ({m:?})"))),
+        (StageKind::Eval, None) => Ok(of_kind[0]),
+        (_, None) => Err(ParamError::new("method", format!("a {kind} stage needs a method (available: {})", names().join(", ")))),
+        (_, Some(m)) => of_kind.iter().copied().find(|x| x.name() == m).ok_or_else(|| ParamError {
+            key: "method".into(),
+            msg: format!("unknown {kind} method {m:?} (available: {})", names().join(", ")),
+            suggestion: closest(m, names()),
+        }),
+    }
+}
 
 /// Validation and identities for the planner.
 pub struct Registry {
@@ -47,24 +140,6 @@ impl Registry {
     }
 }
 
-/// The references a stage's typed parameters declare, split as the planner wants them.
-fn requirements(version: u32, changes_model: bool, inputs: &dyn StageInputs) -> StageRequirements {
-    let mut datasets = Vec::new();
-    let mut stage_inputs: Vec<String> = inputs.stages().into_iter().map(str::to_string).collect();
-    for d in inputs.datasets() {
-        match d.strip_prefix('@') {
-            Some(stage) => stage_inputs.push(stage.to_string()),
-            None => datasets.push(d.to_string()),
-        }
-    }
-    datasets.sort();
-    datasets.dedup();
-    stage_inputs.sort();
-    stage_inputs.dedup();
-    let models = inputs.models().into_iter().map(|(key, path)| (key, path.to_string())).collect();
-    StageRequirements { version, changes_model, datasets, stage_inputs, models }
-}
-
 impl PlanContext for Registry {
     fn check_stage(
         &self,
@@ -73,53 +148,21 @@ impl PlanContext for Registry {
         params: &Table,
         datasets: &[String],
     ) -> Result<StageRequirements, ParamError> {
-        let req = match (kind, method) {
-            (StageKind::Train, Some(m)) => {
-                let (_, version) = TRAIN_METHODS.iter().find(|(n, _)| *n == m).ok_or_else(|| ParamError {
-                    key: "method".into(),
-                    msg: format!("unknown train method {m:?} (available: {})", TRAIN_METHODS.map(|(n, _)| n).join(", ")),
-                    suggestion: closest(m, TRAIN_METHODS.iter().map(|(n, _)| *n)),
-                })?;
-                if m == "classifier" {
-                    let p = params::parse::<classifier::ClassifierParams>(params)?;
-                    p.check()?;
-                    // A judge: later stages read it as an input, they do not continue from it.
-                    requirements(*version, false, &p)
-                } else {
-                    let p = params::parse::<sft::TrainParams>(params)?;
-                    p.check(m)?;
-                    requirements(*version, true, &p)
-                }
+        let m = find(kind, method)?;
+        let declared = m.check(params)?;
+        let mut data = Vec::new();
+        let mut stage_inputs = declared.stages.clone();
+        for d in &declared.datasets {
+            match d.strip_prefix('@') {
+                Some(stage) => stage_inputs.push(stage.to_string()),
+                None => data.push(d.clone()),
             }
-            (StageKind::Train, None) => {
-                return Err(ParamError { key: "method".into(), msg: "a train stage needs a method".into(), suggestion: None })
-            }
-            (StageKind::Eval, None) => {
-                let p = params::parse::<evaluate::EvalParams>(params)?;
-                p.check()?;
-                requirements(EVAL_VERSION, true, &p)
-            }
-            (StageKind::Eval, Some(m)) => {
-                return Err(ParamError {
-                    key: "method".into(),
-                    msg: format!("eval stages take `metrics = [...]`, not a method ({m:?})"),
-                    suggestion: None,
-                })
-            }
-            (StageKind::Generate, Some("respond")) => {
-                let p = params::parse::<respond::RespondParams>(params)?;
-                p.check()?;
-                requirements(GENERATE_VERSION, true, &p)
-            }
-            (StageKind::Generate, m) => {
-                return Err(ParamError {
-                    key: "method".into(),
-                    msg: format!("unknown generate method {m:?} (available: respond)"),
-                    suggestion: m.and_then(|m| closest(m, ["respond"])),
-                })
-            }
-        };
-        for r in &req.datasets {
+        }
+        data.sort();
+        data.dedup();
+        stage_inputs.sort();
+        stage_inputs.dedup();
+        for r in &data {
             if !datasets.contains(r) {
                 return Err(ParamError {
                     key: "data".into(),
@@ -128,15 +171,25 @@ impl PlanContext for Registry {
                 });
             }
         }
-        Ok(req)
+        Ok(StageRequirements {
+            version: m.version(),
+            changes_model: m.changes_model(),
+            datasets: data,
+            stage_inputs,
+            models: declared.models,
+            components: declared.components,
+        })
     }
 
-    fn data_identity(&self, _name: &str, table: &Table) -> Result<String, String> {
-        let spec = params::parse::<DataSpec>(table).map_err(|e| {
-            let hint = e.suggestion.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-            format!("key `{}`: {}{hint}", e.key, e.msg)
-        })?;
-        spec.identity(&self.spec_dir).map_err(|e| e.to_string())
+    fn data_source(&self, _name: &str, table: &Table) -> Result<DataSource, ParamError> {
+        if let Some((stage, probe)) = crate::data::stage_reference(table) {
+            let spec = params::parse::<DataSpec>(&probe)?;
+            spec.validate().map_err(|e| ParamError::new("", e.to_string()))?;
+            return Ok(DataSource::Stage(stage.to_string()));
+        }
+        let spec = params::parse::<DataSpec>(table)?;
+        spec.validate().map_err(|e| ParamError::new("", e.to_string()))?;
+        Ok(DataSource::File(spec.identity(&self.spec_dir).map_err(|e| e.to_string())))
     }
 
     fn model_identity(&self, model: &ModelSpec) -> Result<String, String> {
@@ -150,40 +203,10 @@ impl PlanContext for Registry {
 }
 
 /// Runs the stage's method; returns its metrics (written to `metrics.json`).
-pub fn run_stage(ctx: &StageContext) -> Result<BTreeMap<String, f64>, ExecError> {
+pub fn run_stage(ctx: &StageContext) -> Result<Metrics, StageError> {
     let c = &ctx.config;
-    let bad = |e: ParamError| ExecError::Method(format!("stage {}: key `{}`: {}", c.name, e.key, e.msg));
-    match (c.kind, c.method.as_deref()) {
-        (StageKind::Train, Some("sft")) => sft::run(ctx, &params::parse(&c.params).map_err(bad)?),
-        (StageKind::Train, Some("booster")) => booster::run(ctx, &params::parse(&c.params).map_err(bad)?),
-        (StageKind::Train, Some("vaccine")) => vaccine::run(ctx, &params::parse(&c.params).map_err(bad)?),
-        (StageKind::Train, Some("repnoise")) => repnoise::run(ctx, &params::parse(&c.params).map_err(bad)?),
-        (StageKind::Train, Some("classifier")) => classifier::run(ctx, &params::parse(&c.params).map_err(bad)?),
-        (StageKind::Eval, None) => evaluate::run(ctx, &params::parse(&c.params).map_err(bad)?),
-        (StageKind::Generate, Some("respond")) => respond::run(ctx, &params::parse(&c.params).map_err(bad)?),
-        (kind, method) => Err(ExecError::Method(format!("no {kind} method {method:?} in this build"))),
-    }
-}
-
-/// Loads a dataset the stage declared (paths were made absolute by the planner).
-pub fn load_dataset(ctx: &StageContext, name: &str) -> Result<crate::data::Dataset, ExecError> {
-    // `@stage`: the dataset a generate stage wrote.
-    if let Some(stage) = name.strip_prefix('@') {
-        let id = ctx
-            .config
-            .inputs
-            .get(stage)
-            .ok_or_else(|| ExecError::Method(format!("stage {} reads `@{stage}`, which its config lacks", ctx.config.name)))?;
-        let spec = DataSpec::new(crate::data::Format::InstructionJson, ctx.stage_dir(id).join("dataset.jsonl"));
-        return crate::data::load_named(name, &spec, Path::new("/")).map_err(|e| ExecError::Method(e.to_string()));
-    }
-    let table = ctx
-        .config
-        .data
-        .get(name)
-        .ok_or_else(|| ExecError::Method(format!("stage {} reads dataset `{name}`, which its config lacks", ctx.config.name)))?;
-    let spec = params::parse::<DataSpec>(table).map_err(|e| ExecError::Method(format!("data.{name}: key `{}`: {}", e.key, e.msg)))?;
-    crate::data::load_named(name, &spec, Path::new("/")).map_err(|e| ExecError::Method(e.to_string()))
+    let m = find(c.kind, c.method.as_deref()).map_err(|e| StageError::Method(format!("stage {}: {e}", c.name)))?;
+    m.run(ctx)
 }
 
 #[cfg(test)]
@@ -204,9 +227,22 @@ mod tests {
         assert_eq!(req.datasets, vec!["pku_test"]);
         assert_eq!(req.stage_inputs, vec!["gen", "judge"]);
         assert_eq!(req.models, vec![("metrics.1.judge.model".to_string(), "org/guard".to_string())]);
-        // Only declared keys count: a `harmful` key of an unrelated table is no dataset reference.
+        // Only the running method's tables count: a `booster` table of an sft stage is no input.
         let train: Table = toml::from_str("data = \"pku_test\"\nbooster = { harmful = \"pku_test\" }").unwrap();
         let req = Registry::new(Path::new("spec.toml")).check_stage(StageKind::Train, Some("booster"), &train, &datasets).unwrap();
         assert_eq!((req.datasets, req.changes_model), (vec!["pku_test".to_string()], true));
+    }
+
+    #[test]
+    fn the_table_names_each_method_once_and_unknown_names_get_suggestions() {
+        let mut names: Vec<(String, &str)> = METHODS.iter().map(|m| (m.kind().to_string(), m.name())).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        let e = find(StageKind::Train, Some("boster")).err().unwrap();
+        assert_eq!(e.suggestion.as_deref(), Some("booster"));
+        assert!(find(StageKind::Generate, Some("sft")).is_err());
+        assert_eq!(find(StageKind::Eval, None).unwrap().name(), "eval");
     }
 }

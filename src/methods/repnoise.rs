@@ -10,6 +10,13 @@
 //! - CE_harmful: the harmful answer's next-token loss from the final logits and from the logit
 //!   lens of every layer's output, averaged, plus 1 inside the log.
 //!
+//! Two ways to get the harmful batch (`repnoise.harmful_batch`):
+//! - `paired` (default): the harmful answer to each alignment example's own prompt
+//!   ([`ResponsePair`]s, batched together);
+//! - `independent`: the official trainer's `next(iter(harmful_loader))`, a fresh random batch of
+//!   the harmful set at every micro-batch ([`Order::Resampled`]), row i compared with row i of the
+//!   harmless batch for the mask (as the official code compares the two id tensors).
+//!
 //! Deviations, documented: the harmless loss masks the prompt by construction (not by comparing
 //! ids); the official code also zeroes logits at masked positions, which only turns the first
 //! answer token's loss into a constant, and applies the final norm twice to the last hidden
@@ -19,12 +26,71 @@ use candle_core::{DType, Tensor, Var, D};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr_free::standard_normal;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+use super::params::{MethodOptions, StageInputs, Trained, Validate};
+use super::sft::TrainParams;
 use crate::model::layers::RecordingHook;
 use crate::model::{CausalLm, ForwardOptions, HookPoint, PaddedBatch, Padding, Result};
+use crate::plan::ParamError;
+use crate::spec::StageKind;
+use crate::stage::{Metrics, StageContext, StageError};
 use crate::train::loss::{loss_at, supervised_positions};
-use crate::train::{accumulate, lm_loss, Example, GradientRule, Gradients, TrainBatch, IGNORE_INDEX};
+use crate::train::{
+    accumulate, lm_loss, EpochBatches, Example, GradientRule, Gradients, Order, PairBatch, ResponsePair, Stream, TrainBatch, IGNORE_INDEX,
+};
+
+/// `repnoise = { ... }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepNoiseParams {
+    /// Harmful answers (paired by instruction with the alignment data in the `paired` mode).
+    pub harmful: String,
+    /// Weight of the log harmful-loss term (the official `--rho`, 0.1).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Weight of the MMD noise term (the official `--lamb`, 0.001).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// How each step's harmful batch is drawn.
+    #[serde(default)]
+    pub harmful_batch: HarmfulBatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HarmfulBatch {
+    /// The harmful answers to the batch's own prompts.
+    #[default]
+    Paired,
+    /// A fresh random batch of the harmful set (the official trainer).
+    Independent,
+}
+
+fn default_alpha() -> f64 {
+    0.1
+}
+fn default_beta() -> f64 {
+    0.001
+}
+
+impl MethodOptions for RepNoiseParams {
+    const KEY: &'static str = "repnoise";
+}
+
+impl StageInputs for RepNoiseParams {
+    fn datasets(&self) -> Vec<&str> {
+        vec![self.harmful.as_str()]
+    }
+}
+
+impl Validate for RepNoiseParams {
+    fn validate(&self, _: &str) -> std::result::Result<(), ParamError> {
+        super::params::check_range("repnoise.alpha", self.alpha, 0.0, f64::INFINITY)?;
+        super::params::check_range("repnoise.beta", self.beta, 0.0, f64::INFINITY)
+    }
+}
 
 /// Normal samples without an extra crate (Box-Muller).
 mod rand_distr_free {
@@ -43,44 +109,42 @@ mod rand_distr_free {
     }
 }
 
+/// The RepNoise loss; the harmful batch comes with each micro-batch ([`PairBatch`]) or from the
+/// rule's own stream (`harmful`).
 pub struct RepNoiseRule {
-    /// Harmful partner of each harmless example, keyed by the harmless token ids.
-    pub partners: HashMap<Vec<u32>, Example>,
     pub alpha: f64,
     pub beta: f64,
     pub rng: StdRng,
+    /// The independent harmful stream (`None` in the paired mode).
+    pub harmful: Option<Stream<Example>>,
 }
 
 impl RepNoiseRule {
-    pub fn new(pairs: Vec<(Example, Example)>, alpha: f64, beta: f64, seed: u64) -> Self {
-        Self {
-            partners: pairs.into_iter().map(|(harmless, harmful)| (harmless.input_ids, harmful)).collect(),
-            alpha,
-            beta,
-            rng: StdRng::seed_from_u64(seed),
-        }
+    pub fn new(alpha: f64, beta: f64, seed: u64) -> Self {
+        Self { alpha, beta, rng: StdRng::seed_from_u64(seed), harmful: None }
     }
 
-    /// The RepNoise loss of one paired micro-batch.
-    pub fn loss(&mut self, model: &CausalLm, harmless: &TrainBatch, opts: &ForwardOptions) -> Result<Tensor> {
-        let harmful: Vec<&Example> = harmless
-            .input_ids
-            .iter()
-            .map(|ids| {
-                self.partners.get(ids).ok_or_else(|| crate::model::ModelError::Input("a harmless example has no harmful partner".into()))
-            })
-            .collect::<Result<_>>()?;
+    /// The rule of the `independent` mode: a fresh random harmful batch per micro-batch.
+    pub fn independent(harmful: Vec<Example>, batch_size: usize, alpha: f64, beta: f64, seed: u64) -> Self {
+        let stream = Stream::new(harmful, batch_size, Order::Resampled, seed.wrapping_add(1));
+        Self { harmful: Some(stream), ..Self::new(alpha, beta, seed) }
+    }
+
+    /// The RepNoise loss of one micro-batch: `harmful[i]` is compared with `harmless[i]`.
+    pub fn loss(&mut self, model: &CausalLm, harmless: &TrainBatch, harmful: &[Vec<u32>], opts: &ForwardOptions) -> Result<Tensor> {
+        if harmful.is_empty() {
+            return Err(crate::model::ModelError::Input("RepNoise needs a harmful batch".into()));
+        }
         // Harmful labels: the tokens that differ from the harmless sequence at the same position.
         let mut harmful_batch = TrainBatch { input_ids: Vec::new(), labels: Vec::new() };
         let mut masks = Vec::new();
-        for (h, safe) in harmful.iter().zip(&harmless.input_ids) {
-            let mask: Vec<bool> = h.input_ids.iter().enumerate().map(|(t, id)| safe.get(t) != Some(id)).collect();
-            harmful_batch.labels.push(h.input_ids.iter().zip(&mask).map(|(&id, &m)| if m { id as i64 } else { IGNORE_INDEX }).collect());
-            harmful_batch.input_ids.push(h.input_ids.clone());
+        for (h, safe) in harmful.iter().zip(harmless.input_ids.iter().cycle()) {
+            let mask: Vec<bool> = h.iter().enumerate().map(|(t, id)| safe.get(t) != Some(id)).collect();
+            harmful_batch.labels.push(h.iter().zip(&mask).map(|(&id, &m)| if m { id as i64 } else { IGNORE_INDEX }).collect());
+            harmful_batch.input_ids.push(h.clone());
             masks.push(mask);
         }
         let harmless_loss = lm_loss(model, harmless, opts)?;
-
         let padded = PaddedBatch::new(&harmful_batch.input_ids, 0, Padding::Right, &model.device)?;
         let (b, width) = padded.ids.dims2()?;
         let record = RecordingHook::new(&[HookPoint::MlpOutput, HookPoint::LayerOutput]);
@@ -132,6 +196,19 @@ pub fn mmd(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     (((xx + yy)? - xy)? - yx)?.mean_all()
 }
 
+impl GradientRule<PairBatch> for RepNoiseRule {
+    fn gradients(
+        &mut self,
+        model: &CausalLm,
+        params: &[(String, Var)],
+        micro_batches: &[PairBatch],
+        opts: &ForwardOptions,
+    ) -> Result<(f64, Gradients)> {
+        // Equal weights: the loss mixes per-batch means (CE, MMD, logit-lens terms).
+        accumulate(params, micro_batches, |_| 1, |mb| self.loss(model, &mb.preferred, &mb.rejected.input_ids, opts))
+    }
+}
+
 impl GradientRule for RepNoiseRule {
     fn gradients(
         &mut self,
@@ -140,54 +217,97 @@ impl GradientRule for RepNoiseRule {
         micro_batches: &[TrainBatch],
         opts: &ForwardOptions,
     ) -> Result<(f64, Gradients)> {
-        // Equal weights: the loss mixes per-batch means (CE, MMD, logit-lens terms).
-        accumulate(params, micro_batches, |_| 1, |mb| self.loss(model, mb, opts))
+        accumulate(
+            params,
+            micro_batches,
+            |_| 1,
+            |mb| {
+                let stream =
+                    self.harmful.as_mut().ok_or_else(|| crate::model::ModelError::Input("no independent harmful stream".into()))?;
+                let harmful = stream.next_batch().input_ids;
+                self.loss(model, mb, &harmful, opts)
+            },
+        )
     }
 }
 
-/// The `repnoise` train method: alignment data (harmless answers) paired by instruction with the
-/// harmful answers of `repnoise.harmful`.
-pub fn run(
-    ctx: &crate::exec::StageContext,
-    p: &super::sft::TrainParams,
-) -> std::result::Result<std::collections::BTreeMap<String, f64>, crate::exec::ExecError> {
-    let err = |m: String| crate::exec::ExecError::Method(m);
-    let rp = p.repnoise.clone().ok_or_else(|| err("repnoise needs `repnoise = { harmful = ... }`".into()))?;
-    let harmful = super::load_dataset(ctx, &rp.harmful)?;
-    let harmful_items = harmful.as_instructions().map_err(|e| err(e.to_string()))?.to_vec();
-    let (align_items, align_template) = super::sft::training_items(ctx, p)?;
-    let seed = ctx.config.seed;
-    super::sft::run_with(ctx, p, &|lm| {
-        let by_instruction: HashMap<&str, &crate::data::Instruction> = harmful_items.iter().map(|h| (h.instruction.as_str(), h)).collect();
-        let mut safe = Vec::new();
-        let mut bad = Vec::new();
-        for item in &align_items {
-            if let Some(h) = by_instruction.get(item.instruction.as_str()) {
-                safe.push(item.clone());
-                bad.push((*h).clone());
+/// The `repnoise` train method: alignment data (harmless answers) with the harmful answers of
+/// `repnoise.harmful`, paired by instruction or drawn independently.
+pub struct RepNoise;
+
+impl super::TypedMethod for RepNoise {
+    const NAME: &'static str = "repnoise";
+    const KIND: StageKind = StageKind::Train;
+    const VERSION: u32 = 2;
+    const CHANGES_MODEL: bool = true;
+    type Params = Trained<TrainParams, RepNoiseParams>;
+
+    fn run(ctx: &StageContext, p: &Self::Params) -> std::result::Result<Metrics, StageError> {
+        let err = StageError::Method;
+        let rp = &p.options;
+        let (optim, tp) = (&p.optim, &p.params);
+        let harmful = ctx.dataset(&rp.harmful)?;
+        let harmful_items = harmful.as_instructions()?.to_vec();
+        let (align_items, align_template) = super::sft::training_items(ctx, tp)?;
+        let seed = ctx.config.seed.wrapping_add(29);
+        let lora = super::sft::lora_config(ctx)?;
+        let mode =
+            if tp.single_lora { crate::stage::AdapterMode::ContinueLast } else { crate::stage::AdapterMode::NewAdapter(lora.clone()) };
+        let lm = ctx.load_model(mode)?;
+        let tokenize = |items: &[crate::data::Instruction], template: &crate::data::Template| {
+            super::sft::tokenize_pairs(&lm.tokenizer, &super::sft::render_pairs(&lm, template, items, tp.prompt_format)?, optim.max_len)
+        };
+        let cfg = optim.trainer(ctx.config.seed);
+        let (summary, n) = match rp.harmful_batch {
+            HarmfulBatch::Paired => {
+                let by_instruction: HashMap<&str, &crate::data::Instruction> =
+                    harmful_items.iter().map(|h| (h.instruction.as_str(), h)).collect();
+                let (safe, bad): (Vec<_>, Vec<_>) = align_items
+                    .iter()
+                    .filter_map(|item| by_instruction.get(item.instruction.as_str()).map(|h| (item.clone(), (*h).clone())))
+                    .unzip();
+                if safe.is_empty() {
+                    return Err(err(format!(
+                        "no alignment example shares its instruction with an example of `{}`: the paired mode needs paired data \
+                         (or set repnoise.harmful_batch = \"independent\")",
+                        rp.harmful
+                    )));
+                }
+                // Both sides of a pair need a response token (the loss has a term on each).
+                let pairs: Vec<ResponsePair> = tokenize(&safe, &align_template)?
+                    .into_iter()
+                    .zip(tokenize(&bad, harmful.template())?)
+                    .filter(|(s, b)| super::sft::has_target(s) && super::sft::has_target(b))
+                    .map(|(preferred, rejected)| ResponsePair { preferred, rejected })
+                    .collect();
+                if pairs.is_empty() {
+                    return Err(err(format!(
+                        "no (harmless, harmful) pair keeps a response token on both sides within max_len = {}",
+                        optim.max_len
+                    )));
+                }
+                let mut rule = RepNoiseRule::new(rp.alpha, rp.beta, seed);
+                (super::sft::train_logged(ctx, &lm, &mut EpochBatches::new(&pairs, &cfg), optim, &mut rule)?, pairs.len())
             }
-        }
-        if safe.is_empty() {
-            return Err(err(format!(
-                "no alignment example shares its instruction with an example of `{}`: RepNoise needs paired data",
-                rp.harmful
-            )));
-        }
-        let safe_ex =
-            super::sft::tokenize_pairs(&lm.tokenizer, &super::sft::render_pairs(lm, &align_template, &safe, p.prompt_format)?, p.max_len)?;
-        let bad_ex = super::sft::tokenize_pairs(
-            &lm.tokenizer,
-            &super::sft::render_pairs(lm, harmful.template(), &bad, p.prompt_format)?,
-            p.max_len,
-        )?;
-        // Both sides of a pair need a response token (the loss has a term on each).
-        let pairs: Vec<(Example, Example)> =
-            safe_ex.into_iter().zip(bad_ex).filter(|(s, b)| super::sft::has_target(s) && super::sft::has_target(b)).collect();
-        if pairs.is_empty() {
-            return Err(err(format!("no (harmless, harmful) pair keeps a response token on both sides within max_len = {}", p.max_len)));
-        }
-        Ok(Box::new(RepNoiseRule::new(pairs, rp.alpha, rp.beta, seed.wrapping_add(29))))
-    })
+            HarmfulBatch::Independent => {
+                let mut safe = tokenize(&align_items, &align_template)?;
+                safe.retain(super::sft::has_target);
+                let mut bad = tokenize(&harmful_items, harmful.template())?;
+                bad.retain(super::sft::has_target);
+                if bad.is_empty() {
+                    return Err(err(format!("no harmful example keeps a response token within max_len = {}", optim.max_len)));
+                }
+                let mut rule = RepNoiseRule::independent(bad, optim.batch_size, rp.alpha, rp.beta, seed);
+                (super::sft::train_logged(ctx, &lm, &mut EpochBatches::new(&safe, &cfg), optim, &mut rule)?, safe.len())
+            }
+        };
+        ctx.save_adapter(&lm, &lora, tp.single_lora)?;
+        Ok(std::collections::BTreeMap::from([
+            ("train_loss".to_string(), summary.final_loss),
+            ("train_steps".to_string(), summary.steps as f64),
+            ("train_examples".to_string(), n as f64),
+        ]))
+    }
 }
 
 #[cfg(test)]

@@ -5,12 +5,13 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::load_dataset;
+use super::params::{StageInputs, Validate};
 use crate::data::{Instruction, Items};
 use crate::eval::generation::{instructions, render_prompt, PromptFormat};
-use crate::exec::{AdapterMode, ExecError, StageContext};
 use crate::model::{generate, GenerationConfig};
 use crate::plan::ParamError;
+use crate::spec::StageKind;
+use crate::stage::{AdapterMode, Metrics, StageContext, StageError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,8 +41,24 @@ fn default_batch() -> usize {
     8
 }
 
-impl RespondParams {
-    pub fn check(&self) -> Result<(), ParamError> {
+crate::whole_table_params!(RespondParams);
+
+/// The `respond` generate method.
+pub struct Respond;
+
+impl super::TypedMethod for Respond {
+    const NAME: &'static str = "respond";
+    const KIND: StageKind = StageKind::Generate;
+    const VERSION: u32 = 1;
+    const CHANGES_MODEL: bool = false;
+    type Params = RespondParams;
+    fn run(ctx: &StageContext, p: &RespondParams) -> Result<Metrics, StageError> {
+        run(ctx, p)
+    }
+}
+
+impl Validate for RespondParams {
+    fn validate(&self, _: &str) -> Result<(), ParamError> {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(ParamError { key: "top_p".into(), msg: "must be in (0, 1]".into(), suggestion: None });
         }
@@ -52,21 +69,21 @@ impl RespondParams {
     }
 }
 
-impl super::params::StageInputs for RespondParams {
+impl StageInputs for RespondParams {
     fn datasets(&self) -> Vec<&str> {
         vec![self.data.as_str()]
     }
 }
 
-pub fn run(ctx: &StageContext, p: &RespondParams) -> Result<BTreeMap<String, f64>, ExecError> {
+fn run(ctx: &StageContext, p: &RespondParams) -> Result<Metrics, StageError> {
     let lm = ctx.load_model(AdapterMode::Merged)?;
-    let data = load_dataset(ctx, &p.data)?;
+    let data = ctx.dataset(&p.data)?;
     let items = instructions(&data)?;
     let tok = &lm.tokenizer;
     let mut stop: Vec<u32> = tok.eos_id().into_iter().collect();
     stop.extend(lm.model.config.eos_token_ids.iter().copied());
     let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
-    let bar = crate::exec::step_progress(items.len() as u64, &ctx.config.name);
+    let bar = ctx.progress(items.len() as u64);
     let mut out = Vec::with_capacity(items.len());
     for (i, chunk) in items.chunks(p.batch_size.max(1)).enumerate() {
         let prompts: Vec<Vec<u32>> = chunk
@@ -89,6 +106,6 @@ pub fn run(ctx: &StageContext, p: &RespondParams) -> Result<BTreeMap<String, f64
     }
     bar.finish_and_clear();
     let n = out.len();
-    crate::data::write_jsonl(&ctx.dir.join("dataset.jsonl"), &Items::Instructions(out)).map_err(|e| ExecError::Method(e.to_string()))?;
+    ctx.write_dataset(&Items::Instructions(out))?;
     Ok(BTreeMap::from([("generated".to_string(), n as f64)]))
 }

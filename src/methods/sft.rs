@@ -5,13 +5,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::load_dataset;
+use super::params::{OptimizerParams, StageInputs, Trained, Validate};
 use crate::data::{self, Instruction};
 use crate::eval::generation::{render_prompt, PromptFormat};
-use crate::exec::{AdapterMode, ExecError, StageContext};
 use crate::model::{LoadedModel, LoraConfig, TextTokenizer};
 use crate::plan::ParamError;
-use crate::train::{self, Example, PlainSft, ScheduleKind, TrainerConfig, IGNORE_INDEX};
+use crate::spec::StageKind;
+use crate::stage::{AdapterMode, Metrics, StageContext, StageError};
+use crate::train::{self, EpochBatches, Example, PlainSft, IGNORE_INDEX};
 use std::collections::BTreeMap;
 
 /// One part of a fine-tuning mix: `ratio` of `samples` items from dataset `data`; the part without
@@ -37,6 +38,9 @@ pub enum MixOrder {
     Booster,
 }
 
+/// The training data of the SFT family (sft, booster, vaccine, repnoise): a dataset or a mix,
+/// and how prompts are rendered. The optimizer block and the method option tables come beside it
+/// (see [`super::params::Trained`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
@@ -51,136 +55,32 @@ pub struct TrainParams {
     /// How a `mix` is drawn.
     #[serde(default)]
     pub mix_order: MixOrder,
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    #[serde(default = "one")]
-    pub epochs: usize,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    #[serde(default = "one")]
-    pub grad_accum: usize,
-    #[serde(default = "default_schedule")]
-    pub schedule: ScheduleKind,
-    #[serde(default)]
-    pub warmup_ratio: f64,
-    #[serde(default)]
-    pub weight_decay: f64,
-    /// Global-norm clipping (transformers' default 1.0); 0 disables it.
-    #[serde(default = "default_clip")]
-    pub max_grad_norm: f64,
-    #[serde(default)]
-    pub max_steps: Option<usize>,
-    /// Sequences are cut to this many tokens.
-    #[serde(default = "default_max_len")]
-    pub max_len: usize,
     /// The dataset's text template (default) or the model's chat template.
     #[serde(default)]
     pub prompt_format: PromptFormat,
     /// Keep training the previous stage's adapter instead of merging it and adding a new one.
     #[serde(default)]
     pub single_lora: bool,
-    /// Booster's parameters (used when the method is `booster`; may be present for other methods,
-    /// so that one spec can sweep over methods).
-    #[serde(default)]
-    pub booster: Option<BoosterParams>,
-    /// Vaccine's parameters (used when the method is `vaccine`).
-    #[serde(default)]
-    pub vaccine: Option<VaccineParams>,
-    /// RepNoise's parameters (used when the method is `repnoise`).
-    #[serde(default)]
-    pub repnoise: Option<RepNoiseParams>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepNoiseParams {
-    /// Harmful answers to the alignment data's prompts (paired by instruction).
-    pub harmful: String,
-    /// Weight of the log harmful-loss term (the official `--rho`, 0.1).
-    #[serde(default = "default_repnoise_alpha")]
-    pub alpha: f64,
-    /// Weight of the MMD noise term (the official `--lamb`, 0.001).
-    #[serde(default = "default_repnoise_beta")]
-    pub beta: f64,
+/// The `sft` method: plain supervised fine-tuning.
+pub struct Sft;
+
+impl super::TypedMethod for Sft {
+    const NAME: &'static str = "sft";
+    const KIND: StageKind = StageKind::Train;
+    const VERSION: u32 = 1;
+    const CHANGES_MODEL: bool = true;
+    type Params = Trained<TrainParams>;
+    fn run(ctx: &StageContext, p: &Self::Params) -> Result<Metrics, StageError> {
+        run_with(ctx, &p.optim, &p.params, &|_| Ok(Box::new(PlainSft)))
+    }
 }
 
-fn default_repnoise_alpha() -> f64 {
-    0.1
-}
-fn default_repnoise_beta() -> f64 {
-    0.001
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BoosterParams {
-    /// The harmful dataset of the regularizer.
-    pub harmful: String,
-    /// Regularizer weight (official default 5).
-    #[serde(default = "default_lambda")]
-    pub lambda: f64,
-    /// Step size of the simulated harmful step (official default 0.1).
-    #[serde(default = "default_alpha")]
-    pub alpha: f64,
-    /// Harmful batch size (hard-coded to 10 in the official code).
-    #[serde(default = "default_harmful_batch")]
-    pub harmful_batch_size: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VaccineParams {
-    /// Perturbation radius (the Vaccine paper's default 2).
-    #[serde(default = "default_rho")]
-    pub rho: f64,
-}
-
-fn default_lambda() -> f64 {
-    5.0
-}
-fn default_alpha() -> f64 {
-    0.1
-}
-fn default_harmful_batch() -> usize {
-    10
-}
-fn default_rho() -> f64 {
-    2.0
-}
-
-fn default_lr() -> f64 {
-    1e-4
-}
-fn one() -> usize {
-    1
-}
-fn default_batch() -> usize {
-    4
-}
-fn default_schedule() -> ScheduleKind {
-    ScheduleKind::Constant
-}
-fn default_clip() -> f64 {
-    1.0
-}
-fn default_max_len() -> usize {
-    256
-}
-
-impl TrainParams {
-    /// Checks the parameters for `method` (sft, booster, vaccine): required keys are present and
-    /// keys of other methods are absent.
-    pub fn check(&self, method: &str) -> Result<(), ParamError> {
-        let err = |key: &str, msg: &str| Err(ParamError { key: key.into(), msg: msg.into(), suggestion: None });
-        if method == "repnoise" && self.repnoise.is_none() {
-            return err("repnoise", "the repnoise method needs `repnoise = { harmful = \"<dataset>\" }` (also alpha, beta)");
-        }
-        if method == "booster" && self.booster.is_none() {
-            return err(
-                "booster",
-                "the booster method needs `booster = { harmful = \"<dataset>\" }` (also lambda, alpha, harmful_batch_size)",
-            );
-        }
+impl Validate for TrainParams {
+    /// Checks the data selection: `data` or a well-formed `mix`.
+    fn validate(&self, _method: &str) -> Result<(), ParamError> {
+        let err = |key: &str, msg: &str| Err(ParamError::new(key, msg));
         match (&self.data, &self.mix) {
             (None, None) => return err("data", "needs `data` or `mix`"),
             (Some(_), Some(_)) => return err("mix", "give either `data` or `mix`, not both"),
@@ -204,38 +104,20 @@ impl TrainParams {
             }
             _ => {}
         }
-        if self.lr <= 0.0 || !self.lr.is_finite() {
-            return err("lr", "must be a positive number");
-        }
-        if self.batch_size == 0 || self.grad_accum == 0 || self.epochs == 0 {
-            return err("batch_size", "batch_size, grad_accum and epochs must be at least 1");
+        if self.samples == Some(0) {
+            return err("samples", "must be at least 1");
         }
         Ok(())
-    }
-
-    pub fn trainer(&self, seed: u64) -> TrainerConfig {
-        TrainerConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.grad_accum,
-            lr: self.lr,
-            schedule: self.schedule,
-            warmup_ratio: self.warmup_ratio,
-            weight_decay: self.weight_decay,
-            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
-            max_steps: self.max_steps,
-            seed,
-        }
     }
 }
 
 /// The instructions a stage trains on, and the template of the dataset they came from (a mix
 /// uses its first dataset's template: mixed sets share one layout).
-pub fn training_items(ctx: &StageContext, p: &TrainParams) -> Result<(Vec<Instruction>, data::Template), ExecError> {
-    let method_err = |e: data::DataError| ExecError::Method(e.to_string());
+pub fn training_items(ctx: &StageContext, p: &TrainParams) -> Result<(Vec<Instruction>, data::Template), StageError> {
+    let method_err = |e: data::DataError| StageError::Method(e.to_string());
     match (&p.data, &p.mix) {
         (Some(name), _) => {
-            let ds = load_dataset(ctx, name)?;
+            let ds = ctx.dataset(name)?;
             let mut items = ds.as_instructions().map_err(method_err)?.to_vec();
             if let Some(n) = p.samples {
                 items.truncate(n);
@@ -246,13 +128,13 @@ pub fn training_items(ctx: &StageContext, p: &TrainParams) -> Result<(Vec<Instru
             let total = p.samples.unwrap_or(0);
             let mut loaded = Vec::new();
             for part in parts {
-                loaded.push((load_dataset(ctx, &part.data)?, part.ratio));
+                loaded.push((ctx.dataset(&part.data)?, part.ratio));
             }
             let explicit: f64 = parts.iter().filter_map(|x| x.ratio).sum();
             let items: Vec<(Vec<Instruction>, f64)> = loaded
                 .iter()
                 .map(|(ds, r)| Ok((ds.as_instructions().map_err(method_err)?.to_vec(), r.unwrap_or(1.0 - explicit))))
-                .collect::<Result<_, ExecError>>()?;
+                .collect::<Result<_, StageError>>()?;
             let mixed = match p.mix_order {
                 MixOrder::Shuffled => {
                     let refs: Vec<(&[Instruction], f64)> = items.iter().map(|(v, r)| (v.as_slice(), *r)).collect();
@@ -267,7 +149,7 @@ pub fn training_items(ctx: &StageContext, p: &TrainParams) -> Result<(Vec<Instru
             .map_err(method_err)?;
             Ok((mixed, loaded[0].0.template().clone()))
         }
-        (None, None) => Err(ExecError::Method("sft needs `data` or `mix`".into())),
+        (None, None) => Err(StageError::Method("sft needs `data` or `mix`".into())),
     }
 }
 
@@ -277,18 +159,18 @@ pub fn render_pairs(
     template: &data::Template,
     items: &[Instruction],
     format: PromptFormat,
-) -> Result<Vec<data::SftPair>, ExecError> {
+) -> Result<Vec<data::SftPair>, StageError> {
     items.iter().map(|i| Ok(data::SftPair { prompt: render_prompt(lm, template, i, format)?, response: i.output.clone() })).collect()
 }
 
 /// Tokenizes prompt + response + eos; labels mask the prompt. Cut at `max_len` tokens. One
 /// example per pair, in order; an example whose response was cut off entirely stays (it adds no
 /// loss to its batch, as in the HF Trainer) and is reported.
-pub fn tokenize_pairs(tok: &TextTokenizer, pairs: &[data::SftPair], max_len: usize) -> Result<Vec<Example>, ExecError> {
+pub fn tokenize_pairs(tok: &TextTokenizer, pairs: &[data::SftPair], max_len: usize) -> Result<Vec<Example>, StageError> {
     let out = pairs.iter().map(|pair| tokenize_pair(tok, pair, max_len)).collect::<Result<Vec<_>, _>>()?;
     let trainable = out.iter().filter(|e| has_target(e)).count();
     if trainable == 0 {
-        return Err(ExecError::Method(format!("no example keeps a response token within max_len = {max_len} tokens; raise max_len")));
+        return Err(StageError::Method(format!("no example keeps a response token within max_len = {max_len} tokens; raise max_len")));
     }
     if trainable < out.len() {
         tracing::warn!(cut = out.len() - trainable, max_len, "examples whose response was cut off entirely by max_len add no loss");
@@ -296,7 +178,7 @@ pub fn tokenize_pairs(tok: &TextTokenizer, pairs: &[data::SftPair], max_len: usi
     Ok(out)
 }
 
-pub fn tokenize_pair(tok: &TextTokenizer, pair: &data::SftPair, max_len: usize) -> Result<Example, ExecError> {
+pub fn tokenize_pair(tok: &TextTokenizer, pair: &data::SftPair, max_len: usize) -> Result<Example, StageError> {
     let eos = tok.eos_token.as_deref().unwrap_or_default();
     let prompt_ids = tok.encode(&pair.prompt, true)?;
     let mut ids = tok.encode(&format!("{}{}{eos}", pair.prompt, pair.response), true)?;
@@ -311,13 +193,11 @@ pub fn has_target(e: &Example) -> bool {
     e.labels.iter().skip(1).any(|&l| l != IGNORE_INDEX)
 }
 
-pub fn lora_config(ctx: &StageContext) -> Result<LoraConfig, ExecError> {
-    let l = ctx
-        .config
-        .model
-        .lora
-        .as_ref()
-        .ok_or_else(|| ExecError::Method("train stages need [model.lora] (full fine-tuning is not available as a stage yet)".into()))?;
+pub fn lora_config(ctx: &StageContext) -> Result<LoraConfig, StageError> {
+    let l =
+        ctx.config.model.lora.as_ref().ok_or_else(|| {
+            StageError::Method("train stages need [model.lora] (full fine-tuning is not available as a stage yet)".into())
+        })?;
     Ok(LoraConfig { r: l.r, alpha: l.alpha, dropout: l.dropout, target_modules: l.targets.clone(), layers_to_transform: l.layers.clone() })
 }
 
@@ -325,31 +205,18 @@ pub fn lora_config(ctx: &StageContext) -> Result<LoraConfig, ExecError> {
 /// built after the model is loaded, from its tokenizer.
 pub fn run_with(
     ctx: &StageContext,
+    optim: &OptimizerParams,
     p: &TrainParams,
-    make_rule: &dyn Fn(&crate::model::LoadedModel) -> Result<Box<dyn train::GradientRule>, ExecError>,
-) -> Result<BTreeMap<String, f64>, ExecError> {
+    make_rule: &dyn Fn(&LoadedModel) -> Result<Box<dyn train::GradientRule>, StageError>,
+) -> Result<Metrics, StageError> {
     let lora = lora_config(ctx)?;
     let mode = if p.single_lora { AdapterMode::ContinueLast } else { AdapterMode::NewAdapter(lora.clone()) };
     let lm = ctx.load_model(mode)?;
     let (items, template) = training_items(ctx, p)?;
     let pairs = render_pairs(&lm, &template, &items, p.prompt_format)?;
-    let examples = tokenize_pairs(&lm.tokenizer, &pairs, p.max_len)?;
+    let examples = tokenize_pairs(&lm.tokenizer, &pairs, optim.max_len)?;
     let mut rule = make_rule(&lm)?;
-    let cfg = p.trainer(ctx.config.seed);
-    let total = train::trainer::total_steps(examples.len(), &cfg);
-    let bar = crate::exec::step_progress(total as u64, &ctx.config.name);
-    let mut log_err = None;
-    let summary = train::train(&lm.model, &examples, &cfg, rule.as_mut(), &mut |s| {
-        bar.inc(1);
-        bar.set_message(format!("loss {:.4}", s.loss));
-        if let Err(e) = ctx.log_jsonl(s) {
-            log_err.get_or_insert(e);
-        }
-    })?;
-    bar.finish_and_clear();
-    if let Some(e) = log_err {
-        return Err(e);
-    }
+    let summary = train_logged(ctx, &lm, &mut EpochBatches::new(&examples, &optim.trainer(ctx.config.seed)), optim, rule.as_mut())?;
     ctx.save_adapter(&lm, &lora, p.single_lora)?;
     Ok(BTreeMap::from([
         ("train_loss".to_string(), summary.final_loss),
@@ -358,18 +225,36 @@ pub fn run_with(
     ]))
 }
 
-impl super::params::StageInputs for TrainParams {
-    fn datasets(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.data.iter().map(String::as_str).collect();
-        v.extend(self.mix.iter().flatten().map(|part| part.data.as_str()));
-        v.extend(self.booster.iter().map(|b| b.harmful.as_str()));
-        v.extend(self.repnoise.iter().map(|r| r.harmful.as_str()));
-        v
+/// Runs the trainer over `source` with the stage's progress and step log.
+pub fn train_logged<B: train::Batch>(
+    ctx: &StageContext,
+    lm: &LoadedModel,
+    source: &mut dyn train::BatchSource<Batch = B>,
+    optim: &OptimizerParams,
+    rule: &mut dyn train::GradientRule<B>,
+) -> Result<train::TrainSummary, StageError> {
+    let bar = ctx.progress(source.total_steps() as u64);
+    let mut log_err = None;
+    let summary = train::train_on(&lm.model, lm.model.trainable_params(), source, &optim.trainer(ctx.config.seed), rule, &mut |s| {
+        bar.inc(1);
+        bar.set_message(format!("loss {:.4}", s.loss));
+        if let Err(e) = ctx.log_jsonl(s) {
+            log_err.get_or_insert(e);
+        }
+    })?;
+    bar.finish_and_clear();
+    match log_err {
+        Some(e) => Err(e),
+        None => Ok(summary),
     }
 }
 
-pub fn run(ctx: &StageContext, p: &TrainParams) -> Result<BTreeMap<String, f64>, ExecError> {
-    run_with(ctx, p, &|_| Ok(Box::new(PlainSft)))
+impl StageInputs for TrainParams {
+    fn datasets(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.data.iter().map(String::as_str).collect();
+        v.extend(self.mix.iter().flatten().map(|part| part.data.as_str()));
+        v
+    }
 }
 
 #[cfg(test)]
@@ -378,6 +263,12 @@ mod tests {
 
     fn params(toml_text: &str) -> TrainParams {
         toml::from_str(toml_text).unwrap()
+    }
+
+    impl TrainParams {
+        fn check(&self, method: &str) -> Result<(), ParamError> {
+            self.validate(method)
+        }
     }
 
     #[test]

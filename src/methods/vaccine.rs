@@ -4,9 +4,15 @@
 //! pass 2, whose parameter gradient makes the step.
 
 use candle_core::Var;
+use serde::{Deserialize, Serialize};
 
+use super::params::{MethodOptions, StageInputs, Trained, Validate};
+use super::sft::TrainParams;
 use crate::model::layers::GradientProbe;
 use crate::model::{CausalLm, ForwardOptions, HookPoint, Result};
+use crate::plan::ParamError;
+use crate::spec::StageKind;
+use crate::stage::{Metrics, StageContext, StageError};
 use crate::train::{accumulate, lm_loss, GradientRule, Gradients, TrainBatch};
 
 pub struct VaccineRule {
@@ -44,11 +50,52 @@ impl GradientRule for VaccineRule {
     }
 }
 
+/// `vaccine = { ... }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaccineParams {
+    /// Perturbation radius (the Vaccine paper's default 2).
+    #[serde(default = "default_rho")]
+    pub rho: f64,
+}
+
+fn default_rho() -> f64 {
+    2.0
+}
+
+impl Default for VaccineParams {
+    fn default() -> Self {
+        Self { rho: default_rho() }
+    }
+}
+
+impl MethodOptions for VaccineParams {
+    const KEY: &'static str = "vaccine";
+}
+
+impl StageInputs for VaccineParams {
+    fn datasets(&self) -> Vec<&str> {
+        Vec::new()
+    }
+}
+
+impl Validate for VaccineParams {
+    fn validate(&self, _: &str) -> std::result::Result<(), ParamError> {
+        super::params::check_range("vaccine.rho", self.rho, 0.0, f64::INFINITY)
+    }
+}
+
 /// The `vaccine` train method: SFT on the alignment data with perturbation-aware steps.
-pub fn run(
-    ctx: &crate::exec::StageContext,
-    p: &super::sft::TrainParams,
-) -> std::result::Result<std::collections::BTreeMap<String, f64>, crate::exec::ExecError> {
-    let rho = p.vaccine.as_ref().map_or(2.0, |v| v.rho);
-    super::sft::run_with(ctx, p, &|_| Ok(Box::new(VaccineRule { rho })))
+pub struct Vaccine;
+
+impl super::TypedMethod for Vaccine {
+    const NAME: &'static str = "vaccine";
+    const KIND: StageKind = StageKind::Train;
+    const VERSION: u32 = 1;
+    const CHANGES_MODEL: bool = true;
+    type Params = Trained<TrainParams, VaccineParams>;
+    fn run(ctx: &StageContext, p: &Self::Params) -> std::result::Result<Metrics, StageError> {
+        let rho = p.options.rho;
+        super::sft::run_with(ctx, &p.optim, &p.params, &|_| Ok(Box::new(VaccineRule { rho })))
+    }
 }

@@ -345,6 +345,17 @@ impl CausalLm {
         out
     }
 
+    /// Makes the adapters' current values the reference model's (`Adapters::Reference`): a copy of
+    /// each adapter's A and B, not of the base weights.
+    pub fn freeze_reference(&mut self) -> Result<()> {
+        for l in self.linears_mut() {
+            if let Some(lora) = &mut l.lora {
+                lora.reference = Some((lora.a.as_tensor().copy()?, lora.b.as_tensor().copy()?));
+            }
+        }
+        Ok(())
+    }
+
     /// Folds every adapter into its base weight (inference speed; PEFT's `merge_and_unload`).
     pub fn merge_adapters(&mut self) -> Result<()> {
         for l in self.linears_mut() {

@@ -24,13 +24,25 @@ pub trait HiddenHook {
     fn on_hidden(&self, point: HookPoint, layer: usize, hidden: Tensor) -> candle_core::Result<Tensor>;
 }
 
+/// Which LoRA adapters a forward applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Adapters {
+    /// The adapters as they are now (trained ones included).
+    #[default]
+    Live,
+    /// None: the frozen base model.
+    Off,
+    /// The model as the stage loaded it: adapters at their frozen reference values
+    /// ([`LoraAdapter::reference`]); adapters without one (fresh this stage) are left out.
+    Reference,
+}
+
 /// How a forward pass runs.
 #[derive(Clone, Copy, Default)]
 pub struct ForwardOptions<'a> {
     /// Use only ops with a backward (required whenever gradients are taken).
     pub differentiable: bool,
-    /// Apply LoRA adapters; `false` gives the frozen base model (reference forward for KL/DPO).
-    pub adapters_enabled: bool,
+    pub adapters: Adapters,
     /// Source of LoRA dropout masks; `None` disables dropout (evaluation).
     pub dropout_rng: Option<&'a RefCell<StdRng>>,
     pub hook: Option<&'a dyn HiddenHook>,
@@ -39,18 +51,26 @@ pub struct ForwardOptions<'a> {
 impl<'a> ForwardOptions<'a> {
     /// Inference: fused kernels, adapters on, no dropout.
     pub fn inference() -> Self {
-        Self { differentiable: false, adapters_enabled: true, dropout_rng: None, hook: None }
+        Self { differentiable: false, adapters: Adapters::Live, dropout_rng: None, hook: None }
     }
     /// Training: differentiable ops, adapters on; dropout when an rng is given.
     pub fn training(dropout_rng: Option<&'a RefCell<StdRng>>) -> Self {
-        Self { differentiable: true, adapters_enabled: true, dropout_rng, hook: None }
+        Self { differentiable: true, adapters: Adapters::Live, dropout_rng, hook: None }
     }
     pub fn with_hook(mut self, hook: &'a dyn HiddenHook) -> Self {
         self.hook = Some(hook);
         self
     }
     pub fn without_adapters(mut self) -> Self {
-        self.adapters_enabled = false;
+        self.adapters = Adapters::Off;
+        self
+    }
+    /// The frozen reference model (the model before this stage; KL terms, DPO): same kernels as
+    /// `self`, no dropout, no hook.
+    pub fn reference(mut self) -> Self {
+        self.adapters = Adapters::Reference;
+        self.dropout_rng = None;
+        self.hook = None;
         self
     }
     pub(crate) fn apply_hook(&self, point: HookPoint, layer: usize, h: Tensor) -> candle_core::Result<Tensor> {
@@ -68,6 +88,15 @@ pub struct LoraAdapter {
     pub b: Var,
     pub scale: f64,
     pub dropout: f32,
+    /// Copies of A and B as the stage loaded them, for [`Adapters::Reference`]; `None` for an
+    /// adapter that is new in this stage (not part of the reference model).
+    pub reference: Option<(Tensor, Tensor)>,
+}
+
+impl LoraAdapter {
+    pub fn new(a: Var, b: Var, scale: f64, dropout: f32) -> Self {
+        Self { a, b, scale, dropout, reference: None }
+    }
 }
 
 /// A linear layer `y = x W^T + b`, with an optional LoRA adapter. `name` is the module path as
@@ -93,19 +122,23 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor, opts: &ForwardOptions) -> candle_core::Result<Tensor> {
         let base = candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)?;
-        match (&self.lora, opts.adapters_enabled) {
-            (Some(lora), true) => {
-                let xf = x.to_dtype(DType::F32)?;
-                let xf = match opts.dropout_rng {
-                    Some(rng) if lora.dropout > 0.0 => dropout(&xf, lora.dropout, &mut rng.borrow_mut())?,
-                    _ => xf,
-                };
-                let delta = xf.broadcast_matmul(&lora.a.as_tensor().t()?)?.broadcast_matmul(&lora.b.as_tensor().t()?)?;
-                let delta = (delta * lora.scale)?.to_dtype(base.dtype())?;
-                base + delta
-            }
-            _ => Ok(base),
-        }
+        let Some(lora) = &self.lora else { return Ok(base) };
+        let (a, b) = match opts.adapters {
+            Adapters::Live => (lora.a.as_tensor(), lora.b.as_tensor()),
+            Adapters::Reference => match &lora.reference {
+                Some((a, b)) => (a, b),
+                None => return Ok(base),
+            },
+            Adapters::Off => return Ok(base),
+        };
+        let xf = x.to_dtype(DType::F32)?;
+        let xf = match opts.dropout_rng {
+            Some(rng) if lora.dropout > 0.0 => dropout(&xf, lora.dropout, &mut rng.borrow_mut())?,
+            _ => xf,
+        };
+        let delta = xf.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+        let delta = (delta * lora.scale)?.to_dtype(base.dtype())?;
+        base + delta
     }
 
     /// Folds the adapter into the weight (`W += scale * B A`) and removes it.

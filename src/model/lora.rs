@@ -87,7 +87,7 @@ pub fn add_lora(model: &mut CausalLm, config: &LoraConfig, seed: u64) -> Result<
         let a: Vec<f32> = (0..config.r * inp).map(|_| rng.random_range(-bound..bound)).collect();
         let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, inp), &device)?)?;
         let b = Var::from_tensor(&Tensor::zeros((out, config.r), DType::F32, &device)?)?;
-        lin.lora = Some(LoraAdapter { a, b, scale: config.scale(), dropout: config.dropout });
+        lin.lora = Some(LoraAdapter::new(a, b, config.scale(), config.dropout));
         count += 1;
     }
     if count == 0 {
@@ -166,12 +166,12 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path) -> Result<LoraConfig> {
                 });
             }
         }
-        lin.lora = Some(LoraAdapter {
-            a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
-            b: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
+        lin.lora = Some(LoraAdapter::new(
+            Var::from_tensor(&a.to_dtype(DType::F32)?)?,
+            Var::from_tensor(&b.to_dtype(DType::F32)?)?,
             scale,
-            dropout: config.dropout,
-        });
+            config.dropout,
+        ));
         used += 2;
     }
     if used != tensors.len() {

@@ -23,14 +23,24 @@ pub trait PlanContext {
         params: &Table,
         datasets: &[String],
     ) -> Result<StageRequirements, ParamError>;
-    /// Content identity of a dataset definition (file hashes + options).
-    fn data_identity(&self, name: &str, spec: &Table) -> Result<String, String>;
+    /// Validates a `[data.*]` table (unknown keys, wrong types and values are errors, also in a
+    /// lenient plan) and says where its records come from.
+    fn data_source(&self, name: &str, spec: &Table) -> Result<DataSource, ParamError>;
     /// Identity of the base model (config and weight file fingerprints).
     fn model_identity(&self, model: &ModelSpec) -> Result<String, String>;
     /// Checks that another model a stage reads (a judge) can be found.
     fn locate_model(&self, _path: &str) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// Where a dataset's records come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSource {
+    /// Files: their content identity (file hashes + options), or why they cannot be read here.
+    File(Result<String, String>),
+    /// The records an earlier generate stage of the run writes (by its spec id).
+    Stage(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,14 +53,11 @@ pub struct StageRequirements {
     pub stage_inputs: Vec<String>,
     /// Other models the stage reads (judges): (key within the stage, path or hub id).
     pub models: Vec<(String, String)>,
+    /// Versions of the stage's parts (an eval stage's metrics), part of its identity.
+    pub components: BTreeMap<String, u32>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamError {
-    pub key: String,
-    pub msg: String,
-    pub suggestion: Option<String>,
-}
+pub use crate::spec::ParamError;
 
 /// Everything that determines a stage's output; serialized as the stage's `stage.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +67,10 @@ pub struct StageConfig {
     pub kind: StageKind,
     pub method: Option<String>,
     pub method_version: u32,
+    /// Versions of the stage's parts (an eval stage's metrics): changing one metric re-runs only
+    /// the stages that use it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, u32>,
     pub params: Table,
     pub seed: u64,
     pub model: ModelSpec,
@@ -219,6 +230,7 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
             })?;
             let mut data = BTreeMap::new();
             let mut data_identity = BTreeMap::new();
+            let mut data_stages = Vec::new();
             for name in &req.datasets {
                 let table = s.data.get(name).ok_or_else(|| SpecError::Invalid {
                     origin: locate(&stage_path("data")),
@@ -230,9 +242,14 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 let id = match identity_cache.get(&cache_key) {
                     Some(id) => id.clone(),
                     None => {
-                        let id = match ctx.data_identity(name, table) {
-                            Ok(id) => id,
-                            Err(msg) => tolerate(
+                        let source = ctx.data_source(name, table).map_err(|e| {
+                            let mut at = vec!["data".to_string(), name.clone()];
+                            at.extend(e.key.split('.').filter(|k| !k.is_empty()).map(str::to_string));
+                            SpecError::Invalid { origin: locate(&at), key: at.join("."), msg: e.msg, suggestion: e.suggestion }
+                        })?;
+                        let id = match source {
+                            DataSource::File(Ok(id)) => id,
+                            DataSource::File(Err(msg)) => tolerate(
                                 format!("dataset {name}"),
                                 SpecError::Invalid {
                                     origin: locate(&["data".into(), name.clone()]),
@@ -241,11 +258,23 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                                     suggestion: None,
                                 },
                             )?,
+                            // The producing stage's id enters through `inputs`.
+                            DataSource::Stage(stage) => {
+                                data_stages.push(stage.clone());
+                                format!("stage:{stage}")
+                            }
                         };
-                        identity_cache.insert(cache_key, id.clone());
+                        if !id.starts_with("stage:") {
+                            identity_cache.insert(cache_key, id.clone());
+                        }
                         id
                     }
                 };
+                if let Some(stage) = id.strip_prefix("stage:") {
+                    if !data_stages.iter().any(|s| s == stage) {
+                        data_stages.push(stage.to_string());
+                    }
+                }
                 data.insert(name.clone(), table.clone());
                 data_identity.insert(name.clone(), id);
             }
@@ -272,12 +301,16 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 }
             }
             let mut inputs = BTreeMap::new();
-            for input in &req.stage_inputs {
+            let mut stage_inputs = req.stage_inputs.clone();
+            stage_inputs.extend(data_stages);
+            stage_inputs.sort();
+            stage_inputs.dedup();
+            for input in &stage_inputs {
                 let id = by_name.get(input).ok_or_else(|| SpecError::Invalid {
                     origin: locate(&stage_path("data")),
                     key: format!("stage.{}", st.id),
                     msg: format!(
-                        "reads `@{input}` (a `data = \"@{input}\"` or a judge's `stage = \"{input}\"`), which is not an earlier stage"
+                        "reads `@{input}` (a `data = \"@{input}\"`, a `[data.*]` table's or a judge's `stage = \"{input}\"`), which is not an earlier stage"
                     ),
                     suggestion: spec::closest(input, by_name.keys().map(String::as_str)),
                 })?;
@@ -288,6 +321,7 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 kind: st.kind,
                 method: st.method.clone(),
                 method_version: req.version,
+                components: req.components.clone(),
                 params,
                 seed: run.seed,
                 model: s.model.clone(),

@@ -5,11 +5,13 @@
 //! as TOML here and validated by their owners before any compute starts.
 
 mod error;
+pub mod params;
 pub mod path;
 pub mod source;
 pub mod sweep;
 
 pub use error::{closest, Origin, SpecError};
+pub use params::ParamError;
 pub use source::Sources;
 pub use sweep::{expand, RunSpec};
 

@@ -4,15 +4,18 @@
 //! ```text
 //! results/<experiment>/
 //!   spec.toml  plan.json  .lock
-//!   stages/<stage-id>/  stage.toml status.json log.jsonl stderr.log adapter/ outputs.jsonl metrics.json
+//!   stages/<stage-id>/  see [`StageDir`]: stage.toml status.json log.jsonl stderr.log adapter/
+//!                       lineage.json outputs.jsonl dataset.jsonl dataset.json metrics.json
 //!   runs/<run-id>/      run.toml result.json
 //!   summary.parquet summary.csv tables/ figures/
 //! ```
 
 mod lock;
+mod stage_dir;
 mod status;
 
 pub use lock::{Lock, LockError};
+pub use stage_dir::StageDir;
 pub use status::{StageState, StageStatus};
 
 use std::path::{Path, PathBuf};
@@ -44,6 +47,10 @@ impl ResultsDir {
     }
     pub fn stage_dir(&self, stage_id: &str) -> PathBuf {
         self.root.join("stages").join(stage_id)
+    }
+    /// The typed view of a stage's directory.
+    pub fn stage(&self, stage_id: &str) -> StageDir {
+        StageDir::new(self.stage_dir(stage_id))
     }
     pub fn run_dir(&self, run_id: &str) -> PathBuf {
         self.root.join("runs").join(run_id)

@@ -39,7 +39,7 @@ impl StageStatus {
 
     /// The status in `dir`, or pending when the stage has never started.
     pub fn read(dir: &Path) -> Result<Self, StoreError> {
-        let p = dir.join("status.json");
+        let p = super::StageDir::new(dir).status();
         if !p.exists() {
             return Ok(Self::pending());
         }
@@ -47,7 +47,7 @@ impl StageStatus {
     }
 
     pub fn write(&self, dir: &Path) -> Result<(), StoreError> {
-        write_json(&dir.join("status.json"), self)
+        write_json(&super::StageDir::new(dir).status(), self)
     }
 
     /// Running in a process that still exists (e.g. an orphan of a runner that was killed).

@@ -2,19 +2,22 @@
 //! clipping, learning-rate schedules, accumulation, and exact in-place perturbations.
 //! Methods compose these; none of it knows about scheduling or specs.
 
+pub mod batches;
 pub mod classify;
 pub mod grads;
 pub mod loss;
 pub mod optim;
+pub mod reference;
 pub mod schedule;
 pub mod trainer;
 
+pub use batches::{Batch, BatchSource, EpochBatches, Order, PairBatch, ResponsePair, Step, Stream, StreamSteps, TrainItem};
 pub use classify::{classification_example, ClassificationLoss, FrozenPrefix};
 pub use grads::{Gradients, ParamSnapshot};
 pub use loss::{lm_loss, TrainBatch, IGNORE_INDEX};
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use trainer::{train, train_params, Example, GradientRule, PlainSft, StepLog, TrainSummary, TrainerConfig};
+pub use trainer::{train, train_on, train_params, Example, GradientRule, PlainSft, StepLog, TrainSummary, TrainerConfig};
 
 use crate::model::{CausalLm, ForwardOptions};
 use candle_core::{Tensor, Var};
@@ -23,11 +26,11 @@ use candle_core::{Tensor, Var};
 /// micro-batch weighted by `weight(mb)` over the total (its count of supervised tokens for a
 /// token-mean loss, so that the result equals the gradient of one big batch). Returns the weighted
 /// mean loss too.
-pub fn accumulate(
+pub fn accumulate<B>(
     params: &[(String, Var)],
-    micro_batches: &[TrainBatch],
-    weight: impl Fn(&TrainBatch) -> usize,
-    mut loss_of: impl FnMut(&TrainBatch) -> crate::model::Result<Tensor>,
+    micro_batches: &[B],
+    weight: impl Fn(&B) -> usize,
+    mut loss_of: impl FnMut(&B) -> crate::model::Result<Tensor>,
 ) -> crate::model::Result<(f64, Gradients)> {
     let total: usize = micro_batches.iter().map(&weight).sum();
     let mut sum = Gradients::zeros(params)?;

@@ -1,15 +1,16 @@
 //! The training loop, as transformers' `Trainer` runs it: seeded shuffling per epoch, batches,
 //! gradient accumulation, a warmup schedule over the total number of optimizer steps, global-norm
-//! clipping, AdamW. How a step's gradient is computed is pluggable ([`GradientRule`]): plain
-//! SFT, or the multi-pass rules of Booster and Vaccine.
+//! clipping, AdamW. What a step is made of is pluggable ([`BatchSource`]: single sequences,
+//! pairs, several streams), and so is how a step's gradient is computed ([`GradientRule`]: plain
+//! SFT, or the multi-pass rules of Booster, Vaccine and RepNoise).
 
 use candle_core::Var;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 
+use super::batches::{Batch, BatchSource, EpochBatches};
 use super::{accumulated_gradients, AdamW, AdamWConfig, Gradients, LrSchedule, ScheduleKind, TrainBatch};
 use crate::model::{CausalLm, ForwardOptions, ModelError, Result};
 
@@ -53,14 +54,15 @@ pub struct Example {
     pub labels: Vec<i64>,
 }
 
-/// Computes the gradient of one optimizer step from its micro-batches.
-pub trait GradientRule {
+/// Computes the gradient of one optimizer step from its micro-batches (of type `B`: single
+/// sequences by default, pairs or one batch per stream for other methods).
+pub trait GradientRule<B = TrainBatch> {
     /// Returns the loss to log and the gradient to apply.
     fn gradients(
         &mut self,
         model: &CausalLm,
         params: &[(String, Var)],
-        micro_batches: &[TrainBatch],
+        micro_batches: &[B],
         opts: &ForwardOptions,
     ) -> Result<(f64, Gradients)>;
 }
@@ -103,7 +105,7 @@ pub fn total_steps(n_examples: usize, cfg: &TrainerConfig) -> usize {
     cfg.max_steps.map_or(total, |m| m.min(total))
 }
 
-/// Trains the model's trainable parameters on `examples`.
+/// Trains the model's trainable parameters on `examples` (single sequences, Trainer order).
 pub fn train(
     model: &CausalLm,
     examples: &[Example],
@@ -127,10 +129,24 @@ pub fn train_params(
     if examples.is_empty() {
         return Err(ModelError::Input("no training examples".into()));
     }
+    train_on(model, params, &mut EpochBatches::new(examples, cfg), cfg, rule, on_step)
+}
+
+/// The training loop over any batch source: steps until the source is exhausted or
+/// `source.total_steps()` steps are done. `cfg`'s epochs, batch size and accumulation are the
+/// source's business; the trainer uses its optimizer settings and seed (dropout).
+pub fn train_on<B: Batch>(
+    model: &CausalLm,
+    params: Vec<(String, Var)>,
+    source: &mut dyn BatchSource<Batch = B>,
+    cfg: &TrainerConfig,
+    rule: &mut dyn GradientRule<B>,
+    on_step: &mut dyn FnMut(&StepLog),
+) -> Result<TrainSummary> {
     if params.is_empty() {
         return Err(ModelError::Input("the model has no trainable parameters (add a LoRA adapter or load it trainable)".into()));
     }
-    let total = total_steps(examples.len(), cfg);
+    let total = source.total_steps();
     let schedule = LrSchedule {
         kind: cfg.schedule,
         base_lr: cfg.lr,
@@ -138,48 +154,29 @@ pub fn train_params(
         total_steps: total,
     };
     let mut opt = AdamW::new(&params, AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
     let dropout_rng = RefCell::new(StdRng::seed_from_u64(cfg.seed.wrapping_add(1)));
     let opts = ForwardOptions::training(Some(&dropout_rng));
     let mut step = 0;
     let mut losses = Vec::new();
-    'epochs: for epoch in 0..cfg.epochs {
-        let mut order: Vec<usize> = (0..examples.len()).collect();
-        order.shuffle(&mut rng);
-        let per_step = cfg.batch_size.max(1) * cfg.grad_accum.max(1);
-        for chunk in order.chunks(per_step) {
-            if step >= total {
-                break 'epochs;
-            }
-            let micro: Vec<TrainBatch> = chunk
-                .chunks(cfg.batch_size.max(1))
-                .map(|idx| TrainBatch {
-                    input_ids: idx.iter().map(|&i| examples[i].input_ids.clone()).collect(),
-                    labels: idx.iter().map(|&i| examples[i].labels.clone()).collect(),
-                })
-                .filter(|b| b.num_targets() > 0)
-                .collect();
-            if micro.is_empty() {
-                continue;
-            }
-            let (loss, mut grads) = rule.gradients(model, &params, &micro, &opts)?;
-            if !loss.is_finite() {
-                return Err(ModelError::Input(format!("the loss is {loss} at step {step} (epoch {epoch}); training stopped")));
-            }
-            let grad_norm = match cfg.max_grad_norm {
-                Some(max) => grads.clip_global_norm(max)?,
-                None => grads.global_norm()?,
-            };
-            if !grad_norm.is_finite() {
-                return Err(ModelError::Input(format!("the gradient norm is {grad_norm} at step {step}; training stopped")));
-            }
-            let lr = schedule.lr_at(step);
-            opt.step(&params, &grads, lr)?;
-            let tokens = micro.iter().map(|b| b.input_ids.iter().map(Vec::len).sum::<usize>()).sum();
-            on_step(&StepLog { step, epoch, loss, grad_norm, lr, tokens });
-            losses.push(loss);
-            step += 1;
+    while step < total {
+        let Some(super::batches::Step { epoch, micro_batches: micro }) = source.next_step() else { break };
+        let (loss, mut grads) = rule.gradients(model, &params, &micro, &opts)?;
+        if !loss.is_finite() {
+            return Err(ModelError::Input(format!("the loss is {loss} at step {step} (epoch {epoch}); training stopped")));
         }
+        let grad_norm = match cfg.max_grad_norm {
+            Some(max) => grads.clip_global_norm(max)?,
+            None => grads.global_norm()?,
+        };
+        if !grad_norm.is_finite() {
+            return Err(ModelError::Input(format!("the gradient norm is {grad_norm} at step {step}; training stopped")));
+        }
+        let lr = schedule.lr_at(step);
+        opt.step(&params, &grads, lr)?;
+        let tokens = micro.iter().map(Batch::num_tokens).sum();
+        on_step(&StepLog { step, epoch, loss, grad_norm, lr, tokens });
+        losses.push(loss);
+        step += 1;
     }
     Ok(TrainSummary {
         steps: step,

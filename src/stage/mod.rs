@@ -1,0 +1,226 @@
+//! What a running stage works with: its resolved config and directory, the model it starts from
+//! (base + the adapters of its lineage, in the adapter mode the method asks for), the datasets it
+//! declared, its step log and progress. `exec` builds a [`StageContext`] and hands it to the
+//! method; methods use it and know nothing of scheduling.
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use crate::data::{self, DataSpec, Dataset};
+use crate::model::{self, LoadOptions, LoadedModel, LoraConfig};
+use crate::plan::StageConfig;
+use crate::spec::DTypeName;
+use crate::store::{self, StageDir};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("{0}")]
+    Method(String),
+}
+
+/// The named values a stage returns (written to `metrics.json`).
+pub type Metrics = std::collections::BTreeMap<String, f64>;
+
+/// The adapters that make up a stage's model, oldest first, as stage ids (relative, so a results
+/// directory can be moved). Written by train stages as `lineage.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub adapters: Vec<String>,
+}
+
+/// How a stage wants its model.
+pub enum AdapterMode {
+    /// Every adapter of the lineage merged (evaluation, generation).
+    Merged,
+    /// Lineage merged, plus a fresh trainable adapter.
+    NewAdapter(LoraConfig),
+    /// Lineage merged except the last adapter, which stays trainable (Booster's single LoRA).
+    ContinueLast,
+}
+
+pub struct StageContext {
+    pub dir: StageDir,
+    /// `results/<experiment>/stages`: where the stages this one reads live.
+    pub stages_root: std::path::PathBuf,
+    pub config: StageConfig,
+    pub device: Device,
+}
+
+impl StageContext {
+    pub fn from_dir(dir: &Path) -> Result<Self, StageError> {
+        let dir = StageDir::new(dir);
+        let path = dir.config();
+        let text = std::fs::read_to_string(&path).map_err(|e| store::StoreError::io(&path, e))?;
+        let config: StageConfig =
+            toml::from_str(&text).map_err(|e| store::StoreError::Malformed { path: path.clone(), msg: e.to_string() })?;
+        let stages_root = dir.root().parent().map(Path::to_path_buf).unwrap_or_default();
+        let device = match std::env::var("RUNNER_DEVICE").as_deref() {
+            Ok("cuda") => Device::new_cuda(0).map_err(model::ModelError::from)?,
+            _ => Device::Cpu,
+        };
+        Ok(Self { dir, stages_root, config, device })
+    }
+
+    /// The directory of another stage of the same results tree.
+    pub fn stage_dir(&self, stage_id: &str) -> StageDir {
+        StageDir::new(self.stages_root.join(stage_id))
+    }
+
+    /// The directory of the earlier stage this stage's spec calls `name` (`@name`, a judge's
+    /// `stage = "name"`, `[data.x] = { stage = "name" }`).
+    pub fn input_dir(&self, name: &str) -> Result<StageDir, StageError> {
+        let id = self
+            .config
+            .inputs
+            .get(name)
+            .ok_or_else(|| StageError::Method(format!("stage {} reads stage `{name}`, which its config lacks", self.config.name)))?;
+        Ok(self.stage_dir(id))
+    }
+
+    /// The lineage this stage starts from (its parent's).
+    pub fn parent_lineage(&self) -> Result<Lineage, StageError> {
+        match &self.config.parent {
+            None => Ok(Lineage::default()),
+            Some(p) => {
+                let path = self.stage_dir(p).lineage();
+                Ok(if path.exists() { store::read_json(&path)? } else { Lineage::default() })
+            }
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self.config.model.dtype {
+            DTypeName::F32 => DType::F32,
+            DTypeName::Bf16 => DType::BF16,
+            DTypeName::F16 => DType::F16,
+        }
+    }
+
+    /// Loads the base model and applies the lineage as `mode` asks. The model as it is now (the
+    /// merged lineage, and a continued adapter at its loaded values, but not a fresh adapter) is
+    /// what `ForwardOptions::reference()` computes while the stage trains.
+    pub fn load_model(&self, mode: AdapterMode) -> Result<LoadedModel, StageError> {
+        let opts = LoadOptions { device: self.device.clone(), dtype: self.dtype(), trainable: false };
+        let mut lm = model::load(&self.config.model.path, &opts)?;
+        let lineage = self.parent_lineage()?;
+        let (merge, keep) = match mode {
+            AdapterMode::ContinueLast if !lineage.adapters.is_empty() => {
+                let (last, rest) = lineage.adapters.split_last().expect("non-empty lineage");
+                (rest.to_vec(), Some(last.clone()))
+            }
+            _ => (lineage.adapters.clone(), None),
+        };
+        for stage in &merge {
+            model::load_adapter(&mut lm.model, &self.stage_dir(stage).adapter())?;
+            lm.model.merge_adapters()?;
+        }
+        match (mode, keep) {
+            (_, Some(last)) => {
+                model::load_adapter(&mut lm.model, &self.stage_dir(&last).adapter())?;
+                lm.model.freeze_reference()?;
+            }
+            (AdapterMode::NewAdapter(cfg), None) => {
+                model::add_lora(&mut lm.model, &cfg, self.config.seed)?;
+            }
+            (AdapterMode::ContinueLast, None) => {
+                return Err(StageError::Method("this stage continues the previous adapter, but no earlier train stage made one".into()));
+            }
+            (AdapterMode::Merged, None) => {}
+        }
+        Ok(lm)
+    }
+
+    /// Saves this stage's adapter and its lineage (parent's + this one).
+    pub fn save_adapter(&self, lm: &LoadedModel, cfg: &LoraConfig, continued: bool) -> Result<(), StageError> {
+        model::save_adapter(&lm.model, cfg, &self.config.model.path, &self.dir.adapter())?;
+        let mut lineage = self.parent_lineage()?;
+        if continued {
+            lineage.adapters.pop();
+        }
+        lineage.adapters.push(self.dir.id());
+        store::write_json(&self.dir.lineage(), &lineage)?;
+        Ok(())
+    }
+
+    /// Records that this stage passes its parent's model through unchanged.
+    pub fn pass_lineage_through(&self) -> Result<(), StageError> {
+        store::write_json(&self.dir.lineage(), &self.parent_lineage()?)?;
+        Ok(())
+    }
+
+    /// Appends one JSON line to the stage's `log.jsonl` (per-step metrics).
+    pub fn log_jsonl<T: Serialize>(&self, record: &T) -> Result<(), StageError> {
+        use std::io::Write;
+        let path = self.dir.log();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| store::StoreError::io(&path, e))?;
+        let line = serde_json::to_string(record).map_err(|e| StageError::Method(e.to_string()))?;
+        writeln!(f, "{line}").map_err(|e| store::StoreError::io(&path, e))?;
+        Ok(())
+    }
+
+    /// A dataset the stage declared: a `[data.NAME]` table (paths made absolute by the planner),
+    /// or `@stage`, the dataset an earlier generate stage wrote.
+    pub fn dataset(&self, name: &str) -> Result<Dataset, StageError> {
+        if let Some(stage) = name.strip_prefix('@') {
+            return self.generated_dataset(name, stage, &toml::Table::new());
+        }
+        let table = self
+            .config
+            .data
+            .get(name)
+            .ok_or_else(|| StageError::Method(format!("stage {} reads dataset `{name}`, which its config lacks", self.config.name)))?;
+        if let Some(toml::Value::String(stage)) = table.get(data::STAGE_KEY) {
+            return self.generated_dataset(name, stage, table);
+        }
+        let spec = crate::spec::params::parse::<DataSpec>(table).map_err(|e| StageError::Method(format!("data.{name}: {e}")))?;
+        Ok(data::load_named(name, &spec, Path::new("/"))?)
+    }
+
+    /// The dataset a generate stage wrote, read with the options of `table` (view, filter, limit,
+    /// template, ...) in the format its manifest names.
+    fn generated_dataset(&self, name: &str, stage: &str, table: &toml::Table) -> Result<Dataset, StageError> {
+        let dir = self.input_dir(stage)?;
+        let manifest = data::DatasetManifest::read(&dir.manifest())?;
+        let table = manifest.spec_table(table, &dir.dataset());
+        let spec = crate::spec::params::parse::<DataSpec>(&table).map_err(|e| StageError::Method(format!("data.{name}: {e}")))?;
+        Ok(data::load_named(name, &spec, Path::new("/"))?)
+    }
+
+    /// Writes a generate stage's records with their manifest (the manifest last: a stage whose
+    /// manifest exists wrote its whole dataset).
+    pub fn write_dataset(&self, items: &data::Items) -> Result<(), StageError> {
+        data::write_jsonl(&self.dir.dataset(), items)?;
+        let producer = data::Producer {
+            stage: self.dir.id(),
+            method: self.config.method.clone().unwrap_or_default(),
+            method_version: self.config.method_version,
+            seed: self.config.seed,
+        };
+        data::DatasetManifest::new(items, producer).write(&self.dir.manifest())?;
+        Ok(())
+    }
+
+    /// Progress of the stage's steps (a bar on a terminal).
+    pub fn progress(&self, total: u64) -> indicatif::ProgressBar {
+        step_progress(total, &self.config.name)
+    }
+}
+
+/// A progress bar for the steps inside a stage (stderr; hidden when stderr is not a terminal,
+/// e.g. under the scheduler, where `log.jsonl` records the steps).
+pub fn step_progress(total: u64, stage: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} steps {per_sec} {msg}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(stage.to_string());
+    bar
+}
