@@ -8,6 +8,7 @@
 //! | train | booster | `booster.rs` |
 //! | train | vaccine | `vaccine.rs` |
 //! | train | repnoise | `repnoise.rs` |
+//! | train | lisa | `lisa.rs` (a fine-tune-stage defense) |
 //! | train | classifier | `classifier.rs` (a safe/unsafe judge) |
 //! | generate | respond | `respond.rs` |
 //! | generate | filter | `filter.rs` |
@@ -20,6 +21,7 @@
 pub mod booster;
 pub mod classifier;
 pub mod evaluate;
+pub mod lisa;
 pub mod params;
 pub mod repnoise;
 pub mod respond;
@@ -108,6 +110,7 @@ pub static METHODS: &[&dyn Method] = &[
     &booster::Booster,
     &vaccine::Vaccine,
     &repnoise::RepNoise,
+    &lisa::Lisa,
     &classifier::Classifier,
     &respond::Respond,
     &evaluate::Evaluate,

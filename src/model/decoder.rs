@@ -350,7 +350,7 @@ impl CausalLm {
     pub fn freeze_reference(&mut self) -> Result<()> {
         for l in self.linears_mut() {
             if let Some(lora) = &mut l.lora {
-                lora.reference = Some((lora.a.as_tensor().copy()?, lora.b.as_tensor().copy()?));
+                lora.reference = Some((lora.a.as_tensor().detach().copy()?, lora.b.as_tensor().detach().copy()?));
             }
         }
         Ok(())
