@@ -597,6 +597,11 @@ mod tests {
                 assert_eq!(pool.exceeds(&q.text, t), q.max_fmeasure > t, "{:?} threshold {t}", q.text);
             }
         }
+        // Same tokens, reversed: the bag bound (F = 1) passes, the LCS (1 token, F = 0.25) decides.
+        let reversed = RougePool::from_texts(["a b c d"]);
+        assert_eq!(reversed.max_similarity("d c b a"), 0.25);
+        assert!(reversed.exceeds("d c b a", 0.2499));
+        assert!(!reversed.exceeds("d c b a", 0.25));
         assert_eq!(RougePool::new().max_similarity("anything"), 0.0);
         assert!(!RougePool::new().exceeds("anything", 0.0));
     }
