@@ -11,6 +11,7 @@
 //! ```
 
 mod error;
+pub mod filter;
 mod formats;
 mod json;
 mod manifest;
