@@ -21,6 +21,7 @@
 pub mod booster;
 pub mod classifier;
 pub mod evaluate;
+pub mod filter;
 pub mod lisa;
 pub mod params;
 pub mod repnoise;
@@ -113,6 +114,7 @@ pub static METHODS: &[&dyn Method] = &[
     &lisa::Lisa,
     &classifier::Classifier,
     &respond::Respond,
+    &filter::Filter,
     &evaluate::Evaluate,
 ];
 
