@@ -131,6 +131,11 @@ impl PlanContext for Registry {
         Ok(req)
     }
 
+    fn check_data(&self, _name: &str, table: &Table) -> Result<(), ParamError> {
+        let spec = params::parse::<DataSpec>(table)?;
+        spec.validate().map_err(|e| ParamError { key: String::new(), msg: e.to_string(), suggestion: None })
+    }
+
     fn data_identity(&self, _name: &str, table: &Table) -> Result<String, String> {
         let spec = params::parse::<DataSpec>(table).map_err(|e| {
             let hint = e.suggestion.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();

@@ -4,15 +4,17 @@
 //! ```text
 //! results/<experiment>/
 //!   spec.toml  plan.json  .lock
-//!   stages/<stage-id>/  stage.toml status.json log.jsonl stderr.log adapter/ outputs.jsonl metrics.json
+//!   stages/<stage-id>/  stage.toml status.json progress.json log.jsonl stderr.log adapter/ outputs.jsonl metrics.json
 //!   runs/<run-id>/      run.toml result.json
 //!   summary.parquet summary.csv tables/ figures/
 //! ```
 
 mod lock;
+pub mod progress;
 mod status;
 
 pub use lock::{Lock, LockError};
+pub use progress::{ProgressSnapshot, StepProgress};
 pub use status::{StageState, StageStatus};
 
 use std::path::{Path, PathBuf};
