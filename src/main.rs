@@ -7,12 +7,25 @@ use clap::Parser;
 fn main() {
     keep_freed_memory();
     let args = cli::Cli::parse();
+    if cli::dies_on_closed_pipe(&args.command) {
+        restore_sigpipe();
+    }
     // A stage's stderr is its log file: it logs at info level by default.
     let verbose = if matches!(args.command, cli::Command::Exec { .. }) { args.verbose.max(1) } else { args.verbose };
     cli::init_logging(verbose);
     if let Err(e) = cli::dispatch(args) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(cli::exit_code(&e));
+    }
+}
+
+/// Rust ignores SIGPIPE, so `println!` to a closed pipe (`runner status DIR | head -1`) panics.
+/// With the default action the process ends quietly instead, as `cat` does.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -1,13 +1,19 @@
 //! `runner run | plan | status | report | exec`.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use runner::plan::{self, Plan};
 use runner::sched::{self, DeviceSlot, LocalOptions};
 use runner::spec;
-use runner::store::{self, ResultsDir, StageState, StageStatus};
+use runner::store::{self, ProgressSnapshot, ResultsDir, StageState, StageStatus};
+use std::collections::{BTreeSet, HashSet};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::ExitError;
 
 #[derive(Args, Debug)]
 pub struct SpecArgs {
@@ -54,7 +60,7 @@ fn write_plan(loaded: &spec::LoadedSpec, plan: &Plan, results: &ResultsDir) -> a
     for s in &plan.stages {
         let dir = results.stage_dir(&s.id);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        store::write_file(&dir.join("stage.toml"), toml::to_string(&s.config)?.as_bytes())?;
+        store::write_file(&results.stage(&s.id).config(), toml::to_string(&s.config)?.as_bytes())?;
     }
     for r in &plan.runs {
         let dir = results.run_dir(&r.run_id);
@@ -110,29 +116,113 @@ pub fn plan_cmd(args: SpecArgs) -> anyhow::Result<()> {
 struct SweepProgress {
     bar: ProgressBar,
     _multi: MultiProgress,
+    /// When stderr is not a terminal (the bar is hidden then): plain lines for logs.
+    plain: Option<PlainLines>,
+}
+
+/// Plain progress lines at a steady interval: the sweep's counts and each running stage's
+/// `progress.json`.
+struct PlainLines {
+    every: Duration,
+    results: ResultsDir,
+    last: Mutex<Option<Instant>>,
+    running: Mutex<BTreeSet<String>>,
+}
+
+/// A line on stderr; a closed stderr must not stop the sweep.
+fn log_line(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+impl PlainLines {
+    fn report(&self, done: usize, running: usize, failed: usize, pending: usize) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < self.every) {
+            return;
+        }
+        *last = Some(Instant::now());
+        log_line(&format!("sweep: done {done} | running {running} | failed {failed} | pending {pending}"));
+        for id in self.running.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            match ProgressSnapshot::read(&self.results.stage_dir(id)) {
+                Some(p) => log_line(&format!("  {}", p.line(id))),
+                None => log_line(&format!("  stage {id}: starting")),
+            }
+        }
+    }
 }
 
 impl sched::Progress for SweepProgress {
     fn started(&self, stage: &str, device: &DeviceSlot) {
-        self.bar.println(format!("start  {stage} on {device}"));
+        let line = format!("start  {stage} on {device}");
+        match &self.plain {
+            Some(plain) => {
+                plain.running.lock().unwrap_or_else(|e| e.into_inner()).insert(stage.to_string());
+                log_line(&line);
+            }
+            None => self.bar.println(line),
+        }
         tracing::info!(stage, %device, "stage started");
     }
     fn finished(&self, stage: &str, state: StageState) {
         self.bar.inc(1);
-        self.bar.println(format!("{:<6} {stage}", format!("{state:?}").to_lowercase()));
+        let line = format!("{:<6} {stage}", format!("{state:?}").to_lowercase());
+        match &self.plain {
+            Some(plain) => {
+                plain.running.lock().unwrap_or_else(|e| e.into_inner()).remove(stage);
+                log_line(&line);
+            }
+            None => self.bar.println(line),
+        }
         tracing::info!(stage, ?state, "stage finished");
     }
     fn tick(&self, done: usize, running: usize, failed: usize, pending: usize) {
         self.bar.set_message(format!("done {done} | running {running} | failed {failed} | pending {pending}"));
+        if let Some(plain) = &self.plain {
+            plain.report(done, running, failed, pending);
+        }
     }
+}
+
+/// Parses every file dataset that a stage still to run reads, before the first stage starts:
+/// a malformed row fails now, naming file, row and field, not after hours of training.
+/// Datasets written by earlier generate stages (`@stage`) do not exist yet and are not in
+/// `config.data`.
+fn check_datasets(plan: &Plan, results: &ResultsDir) -> anyhow::Result<()> {
+    let mut seen = HashSet::new();
+    for s in &plan.stages {
+        if results.stage_status(&s.id).is_ok_and(|st| st.is_done()) {
+            continue;
+        }
+        for (name, table) in &s.config.data {
+            if table.contains_key(runner::data::STAGE_KEY) {
+                continue;
+            }
+            if !seen.insert(format!("{name}:{}", serde_json::to_string(table)?)) {
+                continue;
+            }
+            let spec = runner::methods::params::parse::<runner::data::DataSpec>(table)
+                .map_err(|e| ExitError::invalid(format!("data.{name}: key `{}`: {}", e.key, e.msg)))?;
+            runner::data::load_named(name, &spec, Path::new("/"))
+                .with_context(|| format!("dataset `{name}` (read by stage {})", s.config.name))?;
+        }
+    }
+    Ok(())
 }
 
 pub fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
     if args.backend != "local" {
-        bail!("--backend {}: only the local backend is available in this build (Slurm support is planned)", args.backend);
+        return Err(ExitError::invalid(format!(
+            "--backend {}: only the local backend is available in this build (Slurm support is planned)",
+            args.backend
+        ))
+        .into());
     }
-    let devices = sched::parse_devices(&args.devices).map_err(anyhow::Error::msg)?;
+    if args.jobs_per_device == 0 {
+        return Err(ExitError::invalid("--jobs-per-device 0: at least one job per device").into());
+    }
+    let devices = sched::parse_devices(&args.devices).map_err(ExitError::invalid)?;
     let (loaded, plan, results) = load_plan(&args.spec, false)?;
+    check_datasets(&plan, &results)?;
     let _lock = results.lock()?;
     write_plan(&loaded, &plan, &results)?;
     let exe = std::env::current_exe().context("locating the runner executable")?;
@@ -142,13 +232,21 @@ pub fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
     bar.set_style(
         ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} stages  {msg}  (eta {eta})").expect("valid template"),
     );
-    let progress = SweepProgress { bar, _multi: multi };
+    let plain = (!std::io::stderr().is_terminal()).then(|| PlainLines {
+        every: store::progress::line_interval(std::env::var("RUNNER_PROGRESS_SECS").ok().as_deref()),
+        results: results.clone(),
+        last: Mutex::new(None),
+        running: Mutex::new(BTreeSet::new()),
+    });
+    let progress = SweepProgress { bar, _multi: multi, plain };
     let outcome = sched::run_local(&plan, &results, &opts, &progress)?;
     progress.bar.finish();
     let rows = runner::results::write_run_results(&plan, &results)?;
     runner::results::write_reports(&results, &rows, &plan.report)?;
     let failed = rows.iter().filter(|r| r.status == runner::report::RunStatus::Failed).count();
-    println!(
+    // `run` keeps SIGPIPE ignored (see `dies_on_closed_pipe`): a closed stdout is not an error.
+    let _ = writeln!(
+        std::io::stdout(),
         "{} stages run, {} reused, {} failed; {} of {} runs done; results in {}",
         outcome.executed.len(),
         outcome.reused.len(),
@@ -158,10 +256,10 @@ pub fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         results.root.display()
     );
     if outcome.interrupted {
-        bail!("interrupted; run the same command again to resume");
+        return Err(ExitError::interrupted("interrupted; run the same command again to resume").into());
     }
     if failed > 0 {
-        bail!("{failed} run(s) failed; see `runner status {}`", results.root.display());
+        return Err(ExitError::failed(format!("{failed} run(s) failed; see `runner status {}`", results.root.display())).into());
     }
     Ok(())
 }
@@ -197,6 +295,8 @@ pub fn report_cmd(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub fn exec_cmd(dir: &Path) -> anyhow::Result<()> {
+    // Stopped by the scheduler, or by the kernel when the runner died: record it, then exit.
+    sched::record_interruption_on_signal(dir).context("installing the stage's signal handler")?;
     runner::exec::exec_stage(dir)?;
     Ok(())
 }

@@ -393,6 +393,9 @@ impl DataSpec {
         if self.split.as_deref() == Some("") {
             return bad("`split` is empty".into());
         }
+        if self.limit == Some(0) {
+            return bad("`limit` must be at least 1 (0 would keep no items)".into());
+        }
         Ok(())
     }
 }
@@ -446,6 +449,13 @@ category = ["Age"]
         let mut s = DataSpec::new(Format::Advbench, "x");
         s.filter.unsafe_only = true;
         assert!(s.validate().unwrap_err().to_string().contains("does not apply to prompts"));
+        let mut s = DataSpec::new(Format::Advbench, "x");
+        s.limit = Some(0);
+        assert!(s.validate().unwrap_err().to_string().contains("`limit` must be at least 1"));
+        s.limit = Some(1);
+        s.validate().unwrap();
+        let e = toml::from_str::<DataSpec>("format = \"bbq\"\npath = \"x\"\nlimit = -1").unwrap_err().to_string();
+        assert!(e.contains("-1"), "{e}");
     }
 
     #[test]

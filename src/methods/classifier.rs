@@ -164,16 +164,15 @@ fn run(ctx: &StageContext, o: &OptimizerParams, p: &ClassifierParams) -> Result<
     rule.head.center = Some(center);
     let cfg = o.trainer(ctx.config.seed);
     let total = train::trainer::total_steps(examples.len(), &cfg);
-    let bar = ctx.progress(total as u64);
+    let progress = ctx.progress(total as u64, "step");
     let mut log_err = None;
     let summary = train::train_params(&lm.model, params, &examples, &cfg, &mut rule, &mut |s| {
-        bar.inc(1);
-        bar.set_message(format!("loss {:.4}", s.loss));
+        progress.step(Some(s.loss), s.tokens as u64);
         if let Err(e) = ctx.log_jsonl(s) {
             log_err.get_or_insert(e);
         }
     })?;
-    bar.finish_and_clear();
+    progress.finish();
     if let Some(e) = log_err {
         return Err(e);
     }

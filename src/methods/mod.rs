@@ -186,14 +186,19 @@ impl PlanContext for Registry {
         })
     }
 
-    fn data_source(&self, _name: &str, table: &Table) -> Result<DataSource, ParamError> {
-        if let Some((stage, probe)) = crate::data::stage_reference(table) {
-            let spec = params::parse::<DataSpec>(&probe)?;
-            spec.validate().map_err(|e| ParamError::new("", e.to_string()))?;
+    fn check_data(&self, _name: &str, table: &Table) -> Result<(), ParamError> {
+        // A table reading a generate stage's records is checked with a stand-in format and path.
+        let probe = crate::data::stage_reference(table).map(|(_, probe)| probe);
+        let spec = params::parse::<DataSpec>(probe.as_ref().unwrap_or(table))?;
+        spec.validate().map_err(|e| ParamError::new("", e.to_string()))
+    }
+
+    fn data_source(&self, name: &str, table: &Table) -> Result<DataSource, ParamError> {
+        self.check_data(name, table)?;
+        if let Some((stage, _)) = crate::data::stage_reference(table) {
             return Ok(DataSource::Stage(stage.to_string()));
         }
         let spec = params::parse::<DataSpec>(table)?;
-        spec.validate().map_err(|e| ParamError::new("", e.to_string()))?;
         Ok(DataSource::File(spec.identity(&self.spec_dir).map_err(|e| e.to_string())))
     }
 

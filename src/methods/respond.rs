@@ -83,7 +83,7 @@ fn run(ctx: &StageContext, p: &RespondParams) -> Result<Metrics, StageError> {
     let mut stop: Vec<u32> = tok.eos_id().into_iter().collect();
     stop.extend(lm.model.config.eos_token_ids.iter().copied());
     let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
-    let bar = ctx.progress(items.len() as u64);
+    let progress = ctx.progress(items.len() as u64, "prompt");
     let mut out = Vec::with_capacity(items.len());
     for (i, chunk) in items.chunks(p.batch_size.max(1)).enumerate() {
         let prompts: Vec<Vec<u32>> = chunk
@@ -100,11 +100,11 @@ fn run(ctx: &StageContext, p: &RespondParams) -> Result<Metrics, StageError> {
             ..Default::default()
         };
         for (item, g) in chunk.iter().zip(generate(&lm.model, &prompts, &cfg, tok.pad_id(), Some(&decode))?) {
+            progress.step(None, g.token_ids.len() as u64);
             out.push(Instruction { output: g.text.unwrap_or_default().trim().to_string(), ..item.clone() });
-            bar.inc(1);
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     let n = out.len();
     ctx.write_dataset(&Items::Instructions(out))?;
     Ok(BTreeMap::from([("generated".to_string(), n as f64)]))

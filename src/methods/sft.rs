@@ -233,16 +233,15 @@ pub fn train_logged<B: train::Batch>(
     optim: &OptimizerParams,
     rule: &mut dyn train::GradientRule<B>,
 ) -> Result<train::TrainSummary, StageError> {
-    let bar = ctx.progress(source.total_steps() as u64);
+    let progress = ctx.progress(source.total_steps() as u64, "step");
     let mut log_err = None;
     let summary = train::train_on(&lm.model, lm.model.trainable_params(), source, &optim.trainer(ctx.config.seed), rule, &mut |s| {
-        bar.inc(1);
-        bar.set_message(format!("loss {:.4}", s.loss));
+        progress.step(Some(s.loss), s.tokens as u64);
         if let Err(e) = ctx.log_jsonl(s) {
             log_err.get_or_insert(e);
         }
     })?;
-    bar.finish_and_clear();
+    progress.finish();
     match log_err {
         Some(e) => Err(e),
         None => Ok(summary),

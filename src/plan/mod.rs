@@ -23,8 +23,12 @@ pub trait PlanContext {
         params: &Table,
         datasets: &[String],
     ) -> Result<StageRequirements, ParamError>;
-    /// Validates a `[data.*]` table (unknown keys, wrong types and values are errors, also in a
-    /// lenient plan) and says where its records come from.
+    /// Checks a `[data.NAME]` table without reading its files: unknown keys, wrong types and
+    /// option values. Never tolerated, not even by a lenient plan. Errors are `(key within the
+    /// table, message, closest valid key)`.
+    fn check_data(&self, name: &str, table: &Table) -> Result<(), ParamError>;
+    /// Checks a `[data.*]` table as [`PlanContext::check_data`] does and says where its records
+    /// come from (files and their identity, or an earlier generate stage).
     fn data_source(&self, name: &str, spec: &Table) -> Result<DataSource, ParamError>;
     /// Identity of the base model (config and weight file fingerprints).
     fn model_identity(&self, model: &ModelSpec) -> Result<String, String>;
@@ -184,6 +188,7 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
     let mut stages: Vec<PlannedStage> = Vec::new();
     let mut planned_runs = Vec::new();
     let mut identity_cache: BTreeMap<String, String> = BTreeMap::new();
+    let mut checked_data: std::collections::HashSet<String> = std::collections::HashSet::new();
     let spec_dir = loaded.path.parent().unwrap_or(std::path::Path::new("."));
     for (index, run) in runs.iter().enumerate() {
         let s = &run.spec;
@@ -210,6 +215,23 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
             )?,
         };
         let dataset_names: Vec<String> = s.data.keys().cloned().collect();
+        // Every dataset table is checked, read by a stage or not: a lenient plan tolerates only
+        // files and models it cannot find, never a malformed table.
+        for (name, table) in &s.data {
+            let cache_key = format!("{name}:{}", serde_json::to_string(table).unwrap_or_default());
+            if checked_data.insert(cache_key) {
+                ctx.check_data(name, table).map_err(|e| {
+                    let mut path = vec!["data".to_string(), name.clone()];
+                    path.extend(e.key.split('.').filter(|k| !k.is_empty()).map(str::to_string));
+                    SpecError::Invalid {
+                        origin: locate(&path),
+                        key: spec::path::to_id_path(&loaded.document, &path),
+                        msg: e.msg,
+                        suggestion: e.suggestion,
+                    }
+                })?;
+            }
+        }
         let mut by_name: BTreeMap<String, String> = BTreeMap::new();
         let mut parent: Option<String> = None;
         let mut run_stage_ids = Vec::new();
@@ -351,12 +373,28 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
         let params: BTreeMap<String, serde_json::Value> = run.params.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect();
         planned_runs.push(PlannedRun { run_id: run_id(index, &params), params, seed: run.seed, stages: run_stage_ids });
     }
+    check_report(loaded, &planned_runs)?;
     Ok(Plan {
         experiment: loaded.spec.experiment.name.clone(),
         runs: planned_runs,
         stages,
         report: loaded.spec.report.clone(),
         missing_inputs,
+    })
+}
+
+/// Checks the `[report]` section against the planned runs (their params) and the spec's stage
+/// ids (the prefixes of metric keys), so that a typo fails now and not after the sweep.
+fn check_report(loaded: &LoadedSpec, runs: &[PlannedRun]) -> Result<(), SpecError> {
+    let params: Vec<BTreeMap<String, serde_json::Value>> = runs.iter().map(|r| r.params.clone()).collect();
+    let stages: Vec<&str> = loaded.spec.stage.iter().map(|s| s.id.as_str()).collect();
+    crate::report::check_spec(&loaded.spec.report, &params, &stages).map(|_| ()).map_err(|e| {
+        let mut path = vec!["report".to_string()];
+        path.extend(e.path);
+        let key = spec::path::to_id_path(&loaded.document, &path);
+        let origin =
+            loaded.overrides.iter().rev().find(|(k, _)| *k == key).map(|(_, o)| o.clone()).unwrap_or_else(|| loaded.sources.locate(&path));
+        SpecError::Invalid { origin, key, msg: e.msg, suggestion: e.suggestion }
     })
 }
 

@@ -12,6 +12,7 @@
 //! deviation when there are two or more. Failed runs show as "—" and are listed under the
 //! table with the first line of their error.
 
+mod check;
 mod group;
 mod plot;
 mod summary;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, IntoDeserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use check::{check_spec, ReportSpecError};
 pub use plot::font_path;
 pub use summary::write_summary;
 

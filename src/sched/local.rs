@@ -146,7 +146,7 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
                 (StageState::Failed, Some(reason)) => reason,
                 _ => describe_exit(&exit),
             };
-            let log_tail = tail(&dir.join("stderr.log"), 20);
+            let log_tail = tail(&crate::store::StageDir::new(&dir).stderr(), 20);
             let mut st = status;
             st.attempt = r.attempt;
             st.finished(StageState::Failed, Some(reason.clone()), Some(log_tail)).write(&dir)?;
@@ -173,7 +173,7 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
 
 fn spawn(exe: &Path, dir: &Path, slot: &DeviceSlot, attempt: u32) -> Result<Child, StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-    let stderr_path = dir.join("stderr.log");
+    let stderr_path = crate::store::StageDir::new(dir).stderr();
     let stderr = std::fs::File::create(&stderr_path).map_err(|e| StoreError::io(&stderr_path, e))?;
     let mut cmd = Command::new(exe);
     cmd.arg("exec").arg(dir).env("RUNNER_ATTEMPT", attempt.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
@@ -185,7 +185,33 @@ fn spawn(exe: &Path, dir: &Path, slot: &DeviceSlot, attempt: u32) -> Result<Chil
     // scheduler forwards the stop so it can record the interruption.
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    stop_with_parent(&mut cmd);
     cmd.spawn().map_err(|e| StoreError::io(exe, e))
+}
+
+/// A stage must not outlive a runner killed with SIGKILL (which cannot forward the stop): the
+/// kernel sends the child SIGTERM when the runner dies, and the stage records itself as
+/// interrupted (`stage_signals`). The signal follows the thread that spawned the child, so
+/// `run_local` must not be called from a thread that ends before the sweep does.
+#[cfg(target_os = "linux")]
+fn stop_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (prctl, getppid; the error is built from a raw OS code without allocating).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The runner may have died between fork and prctl: then nobody would signal us.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
 
 fn describe_exit(exit: &std::process::ExitStatus) -> String {

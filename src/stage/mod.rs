@@ -207,20 +207,9 @@ impl StageContext {
         Ok(())
     }
 
-    /// Progress of the stage's steps (a bar on a terminal).
-    pub fn progress(&self, total: u64) -> indicatif::ProgressBar {
-        step_progress(total, &self.config.name)
+    /// Progress of the stage's `total` units (`unit`: "step", "prompt", ...): a bar on a
+    /// terminal, plain lines in logs, and `progress.json` for the runner.
+    pub fn progress(&self, total: u64, unit: &str) -> store::StepProgress {
+        store::StepProgress::new(self.dir.root(), &self.config.name, total, unit)
     }
-}
-
-/// A progress bar for the steps inside a stage (stderr; hidden when stderr is not a terminal,
-/// e.g. under the scheduler, where `log.jsonl` records the steps).
-pub fn step_progress(total: u64, stage: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} steps {per_sec} {msg}")
-            .expect("valid template"),
-    );
-    bar.set_prefix(stage.to_string());
-    bar
 }

@@ -4,17 +4,19 @@
 //! ```text
 //! results/<experiment>/
 //!   spec.toml  plan.json  .lock
-//!   stages/<stage-id>/  see [`StageDir`]: stage.toml status.json log.jsonl stderr.log adapter/
-//!                       lineage.json outputs.jsonl dataset.jsonl dataset.json metrics.json
+//!   stages/<stage-id>/  see [`StageDir`]: stage.toml status.json progress.json log.jsonl stderr.log
+//!                       adapter/ lineage.json outputs.jsonl dataset.jsonl dataset.json metrics.json
 //!   runs/<run-id>/      run.toml result.json
 //!   summary.parquet summary.csv tables/ figures/
 //! ```
 
 mod lock;
+pub mod progress;
 mod stage_dir;
 mod status;
 
 pub use lock::{Lock, LockError};
+pub use progress::{ProgressSnapshot, StepProgress};
 pub use stage_dir::StageDir;
 pub use status::{StageState, StageStatus};
 
