@@ -121,3 +121,33 @@ fn repnoise_loss_combines_its_three_terms_and_reaches_every_adapter() {
         assert!(t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{n} has no gradient");
     }
 }
+
+/// Harmful examples that share no prompt with the alignment batch (the sequences reversed).
+fn unpaired_harmful() -> Vec<Example> {
+    seqs()
+        .into_iter()
+        .map(|mut s| {
+            s.reverse();
+            Example { labels: s.iter().map(|&t| t as i64).collect(), input_ids: s }
+        })
+        .collect()
+}
+
+#[test]
+fn repnoise_independent_mode_draws_a_fresh_harmful_batch_per_micro_batch() {
+    use runner::methods::repnoise::RepNoiseRule;
+    let lm = lora_model();
+    let params = lm.model.trainable_params();
+    let opts = ForwardOptions::training(None);
+    let batch = align_batch();
+    let mut rule = RepNoiseRule::independent(unpaired_harmful(), 2, 0.1, 0.001, 4);
+    let (loss, g) = rule.gradients(&lm.model, &params, &[batch.clone(), batch.clone()], &opts).unwrap();
+    assert!(loss.is_finite() && g.global_norm().unwrap() > 0.0);
+    // One micro-batch: the loss of the batch its stream drew, computed directly.
+    let (first, _) =
+        RepNoiseRule::independent(unpaired_harmful(), 2, 0.1, 0.001, 4).gradients(&lm.model, &params, &[batch.clone()], &opts).unwrap();
+    let mut same_stream = RepNoiseRule::independent(unpaired_harmful(), 2, 0.1, 0.001, 4);
+    let drawn = same_stream.harmful.as_mut().unwrap().next_batch().input_ids;
+    let direct = RepNoiseRule::new(0.1, 0.001, 4).loss(&lm.model, &batch, &drawn, &opts).unwrap().to_scalar::<f32>().unwrap();
+    assert!((first as f32 - direct).abs() < 1e-5, "{first} vs {direct}");
+}

@@ -546,3 +546,21 @@ fn a_filter_step_keeps_records_by_rule_and_a_later_stage_reads_them_with_options
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `limit`"));
 }
+
+#[test]
+fn plan_refuses_out_of_range_training_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (to, key) in [
+        ("lr = nan", "stage.align.lr"),
+        ("lr = 1e-3\nwarmup_ratio = -0.1", "stage.align.warmup_ratio"),
+        ("lr = 1e-3\nweight_decay = -1.0", "stage.align.weight_decay"),
+    ] {
+        let text = read(&spec());
+        let bad = tmp.path().join("bad.toml");
+        std::fs::write(&bad, text.replacen("lr = 1e-3", to, 1)).unwrap();
+        let out = run(&["plan", bad.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{to}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key) && (err.contains("out of range") || err.contains("not a positive finite number")), "{to}: {err}");
+    }
+}
