@@ -8,14 +8,15 @@
 //!   the same mask; a 5-kernel Gaussian mixture (bandwidth from the data, multiplier 2); averaged
 //!   over layers.
 //! - CE_harmful: the harmful answer's next-token loss from the final logits and from the logit
-//!   lens of every layer's output, averaged, plus 1 inside the log.
+//!   lens of the embedding output and of every layer's output (L + 2 terms, as the official loop
+//!   over `hidden_states`), averaged, plus 1 inside the log.
 //!
 //! Two ways to get the harmful batch (`repnoise.harmful_batch`):
-//! - `paired` (default): the harmful answer to each alignment example's own prompt
-//!   ([`ResponsePair`]s, batched together);
-//! - `independent`: the official trainer's `next(iter(harmful_loader))`, a fresh random batch of
-//!   the harmful set at every micro-batch ([`Order::Resampled`]), row i compared with row i of the
-//!   harmless batch for the mask (as the official code compares the two id tensors).
+//! - `independent` (default): the official trainer's `next(iter(harmful_loader))`, a fresh random
+//!   batch of the harmful set at every micro-batch ([`Order::Resampled`]), row i compared with row
+//!   i of the harmless batch for the mask (as the official code compares the two id tensors);
+//! - `paired`: the harmful answer to each alignment example's own prompt ([`ResponsePair`]s,
+//!   batched together).
 //!
 //! Deviations, documented: the harmless loss masks the prompt by construction (not by comparing
 //! ids); the official code also zeroes logits at masked positions, which only turns the first
@@ -41,7 +42,8 @@ use crate::train::{
     accumulate, lm_loss, EpochBatches, Example, GradientRule, Gradients, Order, PairBatch, ResponsePair, Stream, TrainBatch, IGNORE_INDEX,
 };
 
-/// `repnoise = { ... }`.
+/// `repnoise = { ... }`. Method version 3: the lens term has the embedding output's CE too, and
+/// `independent` is the default harmful batch (both as the official code).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepNoiseParams {
@@ -62,9 +64,9 @@ pub struct RepNoiseParams {
 #[serde(rename_all = "snake_case")]
 pub enum HarmfulBatch {
     /// The harmful answers to the batch's own prompts.
-    #[default]
     Paired,
     /// A fresh random batch of the harmful set (the official trainer).
+    #[default]
     Independent,
 }
 
@@ -158,7 +160,11 @@ impl RepNoiseRule {
         for h in &layer_outputs {
             ce_sum = (ce_sum + loss_at(model, h, &rows, &targets, opts, true)?)?;
         }
-        let harmful_ce = ((ce_sum / (layer_outputs.len() + 1) as f64)? + 1.0)?;
+        // The official lens also reads the embedding output (HF's `hidden_states[0]`): the final
+        // CE and L + 1 lens terms, L + 2 in all.
+        let embedded = model.embed(&padded.ids)?;
+        ce_sum = (ce_sum + loss_at(model, &embedded, &rows, &targets, opts, true)?)?;
+        let harmful_ce = ((ce_sum / (layer_outputs.len() + 2) as f64)? + 1.0)?;
 
         let mask_data: Vec<f32> =
             masks.iter().flat_map(|m| (0..width).map(move |t| if m.get(t).copied().unwrap_or(false) { 1.0 } else { 0.0 })).collect();
@@ -238,7 +244,7 @@ pub struct RepNoise;
 impl super::TypedMethod for RepNoise {
     const NAME: &'static str = "repnoise";
     const KIND: StageKind = StageKind::Train;
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const CHANGES_MODEL: bool = true;
     type Params = Trained<TrainParams, RepNoiseParams>;
 
