@@ -217,19 +217,20 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
         let dataset_names: Vec<String> = s.data.keys().cloned().collect();
         // Every dataset table is checked, read by a stage or not: a lenient plan tolerates only
         // files and models it cannot find, never a malformed table.
+        // A parameter error at `path` (+ its key within that table), located in the files.
+        let invalid = |mut path: Vec<String>, e: ParamError| {
+            path.extend(e.key.split('.').filter(|k| !k.is_empty()).map(str::to_string));
+            SpecError::Invalid {
+                origin: locate(&path),
+                key: spec::path::to_id_path(&loaded.document, &path),
+                msg: e.msg,
+                suggestion: e.suggestion,
+            }
+        };
         for (name, table) in &s.data {
             let cache_key = format!("{name}:{}", serde_json::to_string(table).unwrap_or_default());
             if checked_data.insert(cache_key) {
-                ctx.check_data(name, table).map_err(|e| {
-                    let mut path = vec!["data".to_string(), name.clone()];
-                    path.extend(e.key.split('.').filter(|k| !k.is_empty()).map(str::to_string));
-                    SpecError::Invalid {
-                        origin: locate(&path),
-                        key: spec::path::to_id_path(&loaded.document, &path),
-                        msg: e.msg,
-                        suggestion: e.suggestion,
-                    }
-                })?;
+                ctx.check_data(name, table).map_err(|e| invalid(vec!["data".to_string(), name.clone()], e))?;
             }
         }
         let mut by_name: BTreeMap<String, String> = BTreeMap::new();
@@ -241,15 +242,9 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 p.extend(key.split('.').map(str::to_string));
                 p
             };
-            let req = ctx.check_stage(st.kind, st.method.as_deref(), &st.params, &dataset_names).map_err(|e| {
-                let path = stage_path(&e.key);
-                SpecError::Invalid {
-                    origin: locate(&path),
-                    key: spec::path::to_id_path(&loaded.document, &path),
-                    msg: e.msg,
-                    suggestion: e.suggestion,
-                }
-            })?;
+            let req = ctx
+                .check_stage(st.kind, st.method.as_deref(), &st.params, &dataset_names)
+                .map_err(|e| invalid(vec!["stage".to_string(), i.to_string()], e))?;
             let mut data = BTreeMap::new();
             let mut data_identity = BTreeMap::new();
             let mut data_stages = Vec::new();
@@ -264,11 +259,7 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 let id = match identity_cache.get(&cache_key) {
                     Some(id) => id.clone(),
                     None => {
-                        let source = ctx.data_source(name, table).map_err(|e| {
-                            let mut at = vec!["data".to_string(), name.clone()];
-                            at.extend(e.key.split('.').filter(|k| !k.is_empty()).map(str::to_string));
-                            SpecError::Invalid { origin: locate(&at), key: at.join("."), msg: e.msg, suggestion: e.suggestion }
-                        })?;
+                        let source = ctx.data_source(name, table).map_err(|e| invalid(vec!["data".to_string(), name.clone()], e))?;
                         let id = match source {
                             DataSource::File(Ok(id)) => id,
                             DataSource::File(Err(msg)) => tolerate(
