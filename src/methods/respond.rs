@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 
 use super::load_dataset;
 use crate::data::{Instruction, Items};
-use crate::eval::generation::{instructions, render_prompt, PromptFormat};
+use crate::eval::generation::{instructions, GenerationSetup, PromptFormat};
 use crate::exec::{AdapterMode, ExecError, StageContext};
-use crate::model::{generate, GenerationConfig};
 use crate::plan::ParamError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,32 +61,16 @@ pub fn run(ctx: &StageContext, p: &RespondParams) -> Result<BTreeMap<String, f64
     let lm = ctx.load_model(AdapterMode::Merged)?;
     let data = load_dataset(ctx, &p.data)?;
     let items = instructions(&data)?;
-    let tok = &lm.tokenizer;
-    let mut stop: Vec<u32> = tok.eos_id().into_iter().collect();
-    stop.extend(lm.model.config.eos_token_ids.iter().copied());
-    let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
     let bar = crate::exec::step_progress(items.len() as u64, &ctx.config.name);
-    let mut out = Vec::with_capacity(items.len());
-    for (i, chunk) in items.chunks(p.batch_size.max(1)).enumerate() {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|item| tok.encode(&render_prompt(&lm, data.template(), item, p.prompt_format)?, true))
-            .collect::<Result<_, _>>()?;
-        // A different seed per batch keeps sampled batches independent and the stage reproducible.
-        let cfg = GenerationConfig {
-            max_new_tokens: p.max_new_tokens,
-            temperature: p.temperature,
-            top_p: p.top_p,
-            seed: ctx.config.seed.wrapping_add(i as u64),
-            stop_token_ids: stop.clone(),
-            ..Default::default()
-        };
-        for (item, g) in chunk.iter().zip(generate(&lm.model, &prompts, &cfg, tok.pad_id(), Some(&decode))?) {
-            out.push(Instruction { output: g.text.unwrap_or_default().trim().to_string(), ..item.clone() });
-            bar.inc(1);
-        }
-    }
+    let tick = |n: usize| bar.inc(n as u64);
+    let mut setup = GenerationSetup::plain(p.prompt_format, p.max_new_tokens, p.batch_size);
+    setup.options.temperature = p.temperature;
+    setup.options.top_p = p.top_p;
+    setup.options.seed = ctx.config.seed;
+    let (conversations, generator) = setup.prepare(&lm, data.template(), &items)?;
+    let responses = generator.with_progress(&tick).generate(&conversations)?;
     bar.finish_and_clear();
+    let out: Vec<Instruction> = items.iter().zip(responses).map(|(item, r)| Instruction { output: r.text, ..item.clone() }).collect();
     let n = out.len();
     crate::data::write_jsonl(&ctx.dir.join("dataset.jsonl"), &Items::Instructions(out)).map_err(|e| ExecError::Method(e.to_string()))?;
     Ok(BTreeMap::from([("generated".to_string(), n as f64)]))
