@@ -179,3 +179,33 @@ fn metric_specs_take_prefill_and_strategy_without_changing_old_configs() {
     let mc = toml::from_str::<MetricSpec>("metric = \"hhh\"\ndata = \"d\"\nprefill = \"x\"").unwrap();
     assert_eq!(mc.check().unwrap_err().0, "prefill");
 }
+
+/// The shipped Llama-2 chat template against transformers' rendering of the HF template
+/// (tests/fixtures/smollm2/llama2_chat_reference.json): the same text after the first BOS, which
+/// ours leaves to the tokenizer.
+#[test]
+fn llama2_chat_matches_transformers_after_the_first_bos() {
+    let r = common::read_json(&common::fixtures().join("smollm2/llama2_chat_reference.json"));
+    let (bos, eos) = (r["bos_token"].as_str().unwrap(), r["eos_token"].as_str().unwrap());
+    let format = ChatFormat::Template(NamedTemplate::Llama2Chat.template(bos, eos));
+    let conversation = |v: &serde_json::Value| Conversation { messages: serde_json::from_value(v.clone()).unwrap(), prefill: None };
+    let mut compared = 0;
+    for case in r["cases"].as_array().unwrap() {
+        let expected = case["add_generation_prompt_true"].as_str().unwrap();
+        let ours = format.render(&conversation(&case["messages"])).unwrap();
+        match expected.strip_prefix(bos) {
+            Some(rest) => {
+                assert_eq!(ours, rest, "{}", case["name"]);
+                compared += 1;
+            }
+            None => assert_eq!(ours, expected, "{}", case["name"]),
+        }
+    }
+    assert!(compared >= 8, "{compared} cases compared");
+    for case in r["errors"].as_array().unwrap() {
+        let result = format.render(&conversation(&case["messages"]));
+        // transformers drops a system message after the first turn; ours refuses it.
+        let raises = case["raises"].as_bool().unwrap() || case["name"] == "system_user_system";
+        assert_eq!(result.is_err(), raises, "{}", case["name"]);
+    }
+}

@@ -119,8 +119,8 @@ pub struct GenOptions {
     pub temperature: f64,
     /// Nucleus sampling threshold; 1.0 disables it.
     pub top_p: f64,
-    /// Batch `i` samples with seed `seed + i`, so that batches are independent and a run is
-    /// reproducible.
+    /// Batch `i` of a call samples with seed `seed + i`, so that batches are independent and a
+    /// run is reproducible (each call starts again at `seed`).
     pub seed: u64,
     /// Prompts per forward batch.
     pub batch_size: usize,
