@@ -16,12 +16,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::data::LabeledResponse;
-use crate::model::{
-    self, generate, ClassifierHead, GenerationConfig, HeadConfig, LoadOptions, LoadedModel, Message, ModelError, Pooling, ProblemType,
-    SequenceClassifier,
-};
+use crate::model::chat::{ChatFormat, Conversation};
+use crate::model::{self, ClassifierHead, HeadConfig, LoadOptions, LoadedModel, ModelError, Pooling, ProblemType, SequenceClassifier};
 use crate::spec::DTypeName;
 
+use super::generation::{GenOptions, Generator};
 use super::{JudgeKind, JudgeSpec};
 
 /// A judge's decision on one response.
@@ -438,33 +437,36 @@ impl LlmJudge {
         Ok(Self { name: name.to_string(), lm, template, max_new_tokens: max_new_tokens.max(1), unparsed, batch_size, specials })
     }
 
-    /// The guard prompt for one item (chat template applied, generation prompt added); control
-    /// tokens and the judge tokenizer's special tokens are stripped from prompt and response.
-    pub fn prompt_text(&self, prompt: &str, response: &str) -> Result<String, ModelError> {
+    /// The guard conversation for one item; control tokens and the judge tokenizer's special
+    /// tokens are stripped from prompt and response.
+    pub fn conversation(&self, prompt: &str, response: &str) -> Conversation {
         let (p, r) = (strip_control_tokens(prompt, &self.specials), strip_control_tokens(response, &self.specials));
-        let messages = match &self.template {
-            Some(t) => vec![Message::new("user", &t.render(&p, &r, ""))],
-            None => vec![Message::new("user", &p), Message::new("assistant", &r)],
-        };
-        self.lm.tokenizer.apply_chat_template(&messages, true)
+        match &self.template {
+            Some(t) => Conversation::user(&t.render(&p, &r, "")),
+            None => {
+                let mut c = Conversation::user(&p);
+                c.push("assistant", &r);
+                c
+            }
+        }
+    }
+
+    /// The guard prompt for one item (chat template applied, generation prompt added).
+    pub fn prompt_text(&self, prompt: &str, response: &str) -> Result<String, ModelError> {
+        self.generator()?.render(&self.conversation(prompt, response))
+    }
+
+    /// Greedy generation through the judge's chat template; prompts are encoded without special
+    /// tokens (the template writes them) and outputs are not trimmed.
+    fn generator(&self) -> Result<Generator<'_>, ModelError> {
+        let options = GenOptions { add_special_tokens: false, trim: false, ..GenOptions::greedy(self.max_new_tokens, self.batch_size) };
+        Ok(Generator::new(&self.lm, ChatFormat::Template(self.lm.tokenizer.template()?), options))
     }
 
     /// The guard's raw outputs.
     pub fn outputs(&self, items: &[(String, String)]) -> Result<Vec<String>, ModelError> {
-        let tok = &self.lm.tokenizer;
-        let mut stop: Vec<u32> = tok.eos_id().into_iter().collect();
-        stop.extend(self.lm.model.config.eos_token_ids.iter().copied());
-        let cfg = GenerationConfig { max_new_tokens: self.max_new_tokens, stop_token_ids: stop, ..Default::default() };
-        let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
-        let mut out = Vec::with_capacity(items.len());
-        for chunk in items.chunks(self.batch_size.max(1)) {
-            let ids: Vec<Vec<u32>> =
-                chunk.iter().map(|(p, r)| self.prompt_text(p, r).and_then(|t| tok.encode(&t, false))).collect::<Result<_, _>>()?;
-            for g in generate(&self.lm.model, &ids, &cfg, tok.pad_id(), Some(&decode))? {
-                out.push(g.text.unwrap_or_default());
-            }
-        }
-        Ok(out)
+        let conversations: Vec<Conversation> = items.iter().map(|(p, r)| self.conversation(p, r)).collect();
+        Ok(self.generator()?.generate(&conversations)?.into_iter().map(|r| r.text).collect())
     }
 }
 

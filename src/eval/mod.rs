@@ -23,6 +23,7 @@ pub mod generation;
 pub mod judge;
 pub mod multiple_choice;
 pub mod stats;
+pub mod strategy;
 pub mod text_metrics;
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,9 @@ use judge::{Judge, JudgeEnv, RefusalJudge, RefusalMatch};
 /// - `diversity_fluency`: generates with `prompt_format`, `max_new_tokens`, `batch_size`;
 ///   `reference_model` (path or hub id; default: the evaluated model) scores fluency;
 ///   `max_length` caps the tokens scored per output.
+/// - `harmful_score`, `finetune_accuracy`, `diversity_fluency`: `prompt_format` (`template`,
+///   `chat`, or a named chat template: `alpaca`, `vicuna_v1.1`, `llama2_chat`, `dromedary`,
+///   `dromedary_verbose`), `prefill`; the first two also `strategy` (default `{ kind = "plain" }`).
 /// - `max_length` for lm-eval metrics: tokens per scored sequence, cut from the left of the
 ///   context (default: the model's `max_position_embeddings`, as lm-eval).
 /// - `prompt`/`delimiter` are rejected for `truthfulqa_mc`, `hhh` and `bbq`, whose prompts are
@@ -95,6 +99,13 @@ pub struct MetricSpec {
     /// `diversity_fluency`: the model that scores fluency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_model: Option<String>,
+    /// Generation metrics: the start of the assistant's answer that the model continues (part of
+    /// the prompt; the scored response is the text after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
+    /// `harmful_score`, `finetune_accuracy`: the inference strategy ([`strategy`]).
+    #[serde(default, skip_serializing_if = "strategy::StrategySpec::is_plain")]
+    pub strategy: strategy::StrategySpec,
 }
 
 fn default_batch_size() -> usize {
@@ -276,6 +287,12 @@ impl MetricSpec {
         if self.choices.is_some() && self.metric != Bbq {
             return bad("choices", format!("`choices` applies to metric = \"bbq\", not {name:?}"));
         }
+        if self.prefill.is_some() && !matches!(self.metric, HarmfulScore | FinetuneAccuracy | DiversityFluency) {
+            return bad("prefill", format!("`prefill` applies to the generation metrics, not {name:?}"));
+        }
+        if !self.strategy.is_plain() && !matches!(self.metric, HarmfulScore | FinetuneAccuracy) {
+            return bad("strategy", format!("`strategy` applies to \"harmful_score\" and \"finetune_accuracy\", not {name:?}"));
+        }
         if self.reference_model.is_some() && self.metric != DiversityFluency {
             return bad("reference_model", format!("`reference_model` applies to metric = \"diversity_fluency\", not {name:?}"));
         }
@@ -346,15 +363,8 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
         MetricKind::HarmfulScore => {
             let judge = spec.judge.as_ref().ok_or_else(|| ModelError::Input("harmful_score needs a judge".into()))?.build(env)?;
             let items = generation::instructions(data)?;
-            let (score, records) = generation::harmful_score(
-                lm,
-                &items,
-                data.template(),
-                spec.prompt_format,
-                judge.as_ref(),
-                spec.max_new_tokens,
-                spec.batch_size,
-            )?;
+            let setup = generation::GenerationSetup::from_metric(spec);
+            let (score, records) = generation::harmful_score(lm, &items, data.template(), &setup, judge.as_ref())?;
             values.insert(prefix.clone(), score);
             insert_rate_stderr(&mut values, &prefix, records.iter().map(|r| r.harmful));
             to_json(&records)
@@ -362,8 +372,8 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
         MetricKind::FinetuneAccuracy => {
             let task = spec.task.ok_or_else(|| ModelError::Input("finetune_accuracy needs a task".into()))?;
             let items = generation::instructions(data)?;
-            let (acc, records) =
-                generation::finetune_accuracy(lm, &items, data.template(), spec.prompt_format, task, spec.max_new_tokens, spec.batch_size)?;
+            let setup = generation::GenerationSetup::from_metric(spec);
+            let (acc, records) = generation::finetune_accuracy(lm, &items, data.template(), &setup, task)?;
             values.insert(prefix.clone(), acc);
             insert_rate_stderr(&mut values, &prefix, records.iter().map(|r| r.correct));
             to_json(&records)

@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 
 use super::benchmarks::Output;
-use super::generation::{instructions, render_prompt, respond};
+use super::generation::{instructions, GenerationSetup};
 use super::multiple_choice::{is_py_space, prefix_token_id};
 use super::stats::Values;
 use super::MetricSpec;
@@ -98,8 +98,9 @@ pub struct TextRecord {
 /// output has a token, the paper's "not measurable").
 pub fn run(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
     let items = instructions(data)?;
-    let prompts: Vec<String> = items.iter().map(|i| render_prompt(lm, data.template(), i, spec.prompt_format)).collect::<Result<_>>()?;
-    let responses = respond(lm, &prompts, spec.max_new_tokens, spec.batch_size)?;
+    let (conversations, generator) = GenerationSetup::from_metric(spec).prepare(lm, data.template(), &items)?;
+    let (prompts, responses): (Vec<String>, Vec<String>) =
+        generator.generate(&conversations)?.into_iter().map(|r| (r.prompt, r.text)).unzip();
     let reference;
     let scorer = match &spec.reference_model {
         Some(path) => {

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 
 use super::params::{StageInputs, Validate};
 use crate::data::{Instruction, Items};
-use crate::eval::generation::{instructions, render_prompt, PromptFormat};
-use crate::model::{generate, GenerationConfig};
+use crate::eval::generation::{instructions, GenerationSetup, PromptFormat};
 use crate::plan::ParamError;
 use crate::spec::StageKind;
 use crate::stage::{AdapterMode, Metrics, StageContext, StageError};
@@ -79,32 +78,16 @@ fn run(ctx: &StageContext, p: &RespondParams) -> Result<Metrics, StageError> {
     let lm = ctx.load_model(AdapterMode::Merged)?;
     let data = ctx.dataset(&p.data)?;
     let items = instructions(&data)?;
-    let tok = &lm.tokenizer;
-    let mut stop: Vec<u32> = tok.eos_id().into_iter().collect();
-    stop.extend(lm.model.config.eos_token_ids.iter().copied());
-    let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
     let progress = ctx.progress(items.len() as u64, "prompt");
-    let mut out = Vec::with_capacity(items.len());
-    for (i, chunk) in items.chunks(p.batch_size.max(1)).enumerate() {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|item| tok.encode(&render_prompt(&lm, data.template(), item, p.prompt_format)?, true))
-            .collect::<Result<_, _>>()?;
-        // A different seed per batch keeps sampled batches independent and the stage reproducible.
-        let cfg = GenerationConfig {
-            max_new_tokens: p.max_new_tokens,
-            temperature: p.temperature,
-            top_p: p.top_p,
-            seed: ctx.config.seed.wrapping_add(i as u64),
-            stop_token_ids: stop.clone(),
-            ..Default::default()
-        };
-        for (item, g) in chunk.iter().zip(generate(&lm.model, &prompts, &cfg, tok.pad_id(), Some(&decode))?) {
-            progress.step(None, g.token_ids.len() as u64);
-            out.push(Instruction { output: g.text.unwrap_or_default().trim().to_string(), ..item.clone() });
-        }
-    }
+    let tick = |n: usize| (0..n).for_each(|_| progress.step(None, 0));
+    let mut setup = GenerationSetup::plain(p.prompt_format, p.max_new_tokens, p.batch_size);
+    setup.options.temperature = p.temperature;
+    setup.options.top_p = p.top_p;
+    setup.options.seed = ctx.config.seed;
+    let (conversations, generator) = setup.prepare(&lm, data.template(), &items)?;
+    let responses = generator.with_progress(&tick).generate(&conversations)?;
     progress.finish();
+    let out: Vec<Instruction> = items.iter().zip(responses).map(|(item, r)| Instruction { output: r.text, ..item.clone() }).collect();
     let n = out.len();
     ctx.write_dataset(&Items::Instructions(out))?;
     Ok(BTreeMap::from([("generated".to_string(), n as f64)]))
