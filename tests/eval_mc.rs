@@ -409,21 +409,34 @@ fn metric_options_are_checked() {
     for v in ok {
         spec(v.clone()).check().unwrap_or_else(|e| panic!("{v}: {e:?}"));
     }
-    let bad = [
+    // Options of another metric are unknown keys of this one's options type.
+    let foreign = [
         (json!({"metric": "bbq", "data": "d", "form": "dromedary"}), "form"),
-        (json!({"metric": "hhh", "data": "d", "meta_prompt": "none"}), "meta_prompt"),
-        (json!({"metric": "hhh", "data": "d", "form": "dromedary", "meta_prompt": "/no/such/file"}), "meta_prompt"),
         (json!({"metric": "hhh", "data": "d", "choices": "item"}), "choices"),
         (json!({"metric": "truthfulqa_mc", "data": "d", "prompt": "{question}"}), "prompt"),
         (json!({"metric": "bbq", "data": "d", "delimiter": ""}), "delimiter"),
-        (json!({"metric": "hhh", "data": "d", "form": "dromedary", "max_length": 200}), "max_length"),
         (json!({"metric": "finetune_accuracy", "data": "d", "task": "sst2", "max_length": 200}), "max_length"),
         (json!({"metric": "hhh", "data": "d", "reference_model": "x"}), "reference_model"),
+        (json!({"metric": "hhh", "data": "d", "prefill": "x"}), "prefill"),
+    ];
+    for (v, key) in foreign {
+        let err = serde_json::from_value::<MetricSpec>(v.clone()).expect_err(&v.to_string()).to_string();
+        assert!(err.contains(&format!("unknown field `{key}`")), "{v}: {err}");
+    }
+    // Values and combinations are checked by `check`.
+    let bad = [
+        (json!({"metric": "hhh", "data": "d", "meta_prompt": "none"}), "meta_prompt"),
+        (json!({"metric": "hhh", "data": "d", "form": "dromedary", "meta_prompt": "/no/such/file"}), "meta_prompt"),
+        (json!({"metric": "hhh", "data": "d", "form": "dromedary", "max_length": 200}), "max_length"),
+        (json!({"metric": "bbq", "data": "d", "max_length": 0}), "max_length"),
     ];
     for (v, key) in bad {
         let err = spec(v.clone()).check().expect_err(&v.to_string());
         assert_eq!(err.0, key, "{v}: {err:?}");
     }
+    // Required options are required by the type.
+    assert!(serde_json::from_value::<MetricSpec>(json!({"metric": "harmful_score", "data": "d"})).is_err());
+    assert!(serde_json::from_value::<MetricSpec>(json!({"metric": "finetune_accuracy", "data": "d"})).is_err());
     assert!(serde_json::from_value::<MetricSpec>(json!({"metric": "hhh", "data": "d", "form": "bad"})).is_err());
 }
 
@@ -440,8 +453,12 @@ metrics = [
 "#;
     let p: runner::methods::evaluate::EvalParams = toml::from_str(text).unwrap();
     p.validate("eval").unwrap();
-    assert_eq!(p.metrics[2].form, Some(runner::eval::HhhForm::Dromedary));
-    let bad: runner::methods::evaluate::EvalParams =
+    assert!(matches!(&p.metrics[2], MetricSpec::Hhh(o) if o.form == Some(runner::eval::HhhForm::Dromedary)));
+    let table: toml::Table =
         toml::from_str(r#"metrics = [{ metric = "bbq", data = "bbq" }, { metric = "bbq", data = "bbq", form = "dromedary" }]"#).unwrap();
-    assert_eq!(bad.validate("eval").unwrap_err().key, "metrics.1.form");
+    let e = runner::spec::params::parse::<runner::methods::evaluate::EvalParams>(&table).unwrap_err();
+    assert!(e.key.starts_with("metrics.1") && e.to_string().contains("form"), "{e}");
+    let table: toml::Table = toml::from_str(r#"metrics = [{ metric = "hhh", data = "hhh", meta_prompt = "none" }]"#).unwrap();
+    let p = runner::spec::params::parse::<runner::methods::evaluate::EvalParams>(&table).unwrap();
+    assert_eq!(p.validate("eval").unwrap_err().key, "metrics.0.meta_prompt");
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use super::multiple_choice::{fill, np_argmax, score_items, score_questions, McFormat, McQuestion, McRecord, ScoreOptions};
 use super::stats::{key_part, mean, Values};
-use super::{dromedary, MetricSpec};
+use super::{dromedary, BbqOptions, HhhOptions, MultipleChoiceOptions, TruthfulqaOptions};
 use crate::data::{Dataset, McVariant, MultipleChoice};
 use crate::model::{LoadedModel, ModelError, Result};
 
@@ -77,8 +77,8 @@ fn mc_items(data: &Dataset) -> Result<&[MultipleChoice]> {
 }
 
 /// lm-eval's default `max_length`: the model's `max_position_embeddings`.
-pub fn max_length(spec: &MetricSpec, lm: &LoadedModel) -> usize {
-    spec.max_length.unwrap_or(lm.model.config.max_position_embeddings)
+pub fn max_length(max_length: Option<usize>, lm: &LoadedModel) -> usize {
+    max_length.unwrap_or(lm.model.config.max_position_embeddings)
 }
 
 pub fn truthfulqa_format() -> McFormat {
@@ -101,7 +101,7 @@ fn by_category<T>(items: &[T], category: impl Fn(&T) -> Option<&str>) -> BTreeMa
 }
 
 /// `metric = "multiple_choice"`: `acc`, `acc_norm`, `mc2` with the spec's prompt/delimiter.
-pub fn run_multiple_choice(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
+pub fn run_multiple_choice(spec: &MultipleChoiceOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
     let mut format = McFormat::default();
     if let Some(p) = &spec.prompt {
         format.prompt = p.clone();
@@ -109,7 +109,7 @@ pub fn run_multiple_choice(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, 
     if let Some(d) = &spec.delimiter {
         format.delimiter = d.clone();
     }
-    let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec, lm));
+    let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec.max_length, lm));
     let records = score_items(&lm.model, &lm.tokenizer, mc_items(data)?, &format, &opts)?;
     let mut values = BTreeMap::new();
     let mut v = Values { map: &mut values, prefix };
@@ -125,7 +125,7 @@ pub fn run_multiple_choice(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, 
 /// lm-eval's choice sets are `mc_task.json`'s (HF `truthful_qa/multiple_choice`: formats
 /// `truthfulqa-mc`, or `truthfulqa-bigbench` whose `task_mc.json` holds the MC1 targets); MC1 read
 /// from `TruthfulQA.csv` (best answer + incorrect answers) is a different choice set.
-pub fn run_truthfulqa(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
+pub fn run_truthfulqa(spec: &TruthfulqaOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
     let variant = data.mc_variant().ok_or_else(|| {
         ModelError::Input(format!(
             "truthfulqa_mc reads a TruthfulQA dataset (formats truthfulqa-*), not {} ({})",
@@ -133,7 +133,7 @@ pub fn run_truthfulqa(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, prefi
             data.format().name()
         ))
     })?;
-    let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec, lm));
+    let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec.max_length, lm));
     let records = score_items(&lm.model, &lm.tokenizer, mc_items(data)?, &truthfulqa_format(), &opts)?;
     let mut values = BTreeMap::new();
     let mut v = Values { map: &mut values, prefix };
@@ -146,13 +146,13 @@ pub fn run_truthfulqa(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, prefi
 
 /// `metric = "hhh"`: accuracy overall and per category (`harmless`, `helpful`, `honest`,
 /// `other`: the item's category, i.e. the task folder), in lm-eval's or Dromedary's form.
-pub fn run_hhh(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
+pub fn run_hhh(spec: &HhhOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
     let items = mc_items(data)?;
     let mut values = BTreeMap::new();
     let mut v = Values { map: &mut values, prefix };
     let (accs, records) = match spec.form.unwrap_or_default() {
         HhhForm::LmEval => {
-            let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec, lm));
+            let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec.max_length, lm));
             let records = score_items(&lm.model, &lm.tokenizer, items, &hhh_format(), &opts)?;
             v.put_mean("acc_norm", &records.iter().map(|r| r.acc_norm).collect::<Vec<_>>(), 100.0);
             (records.iter().map(|r| r.acc).collect::<Vec<_>>(), to_json(&records))
@@ -341,9 +341,9 @@ pub fn bias_score(records: &[&BbqRecord]) -> Option<f64> {
 /// 100 as the BBQ paper reports them (lm-eval reports the raw fraction). One difference from
 /// lm-eval: lm-eval returns 0 whenever n_biased = 0, where the formula gives −1 (unless
 /// n_non_unknown = 0 too).
-pub fn run_bbq(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
+pub fn run_bbq(spec: &BbqOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
     let items = mc_items(data)?;
-    let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec, lm));
+    let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec.max_length, lm));
     let records = score_bbq(lm, items, spec.choices.unwrap_or_default(), &opts)?;
     let mut values = BTreeMap::new();
     bbq_values(&records, &mut values, prefix);

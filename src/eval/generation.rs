@@ -268,14 +268,15 @@ pub struct GenerationSetup {
 }
 
 impl GenerationSetup {
-    /// Greedy, as a metric's options say.
-    pub fn from_metric(spec: &super::MetricSpec) -> Self {
-        Self {
-            format: spec.prompt_format,
-            prefill: spec.prefill.clone(),
-            options: GenOptions::greedy(spec.max_new_tokens, spec.batch_size),
-            strategy: spec.strategy.build(),
-        }
+    /// Greedy, as a generation metric's options say.
+    pub fn greedy(
+        format: PromptFormat,
+        prefill: Option<String>,
+        max_new_tokens: usize,
+        batch_size: usize,
+        strategy: &StrategySpec,
+    ) -> Self {
+        Self { format, prefill, options: GenOptions::greedy(max_new_tokens, batch_size), strategy: strategy.build() }
     }
 
     /// The plain strategy with greedy decoding.

@@ -35,77 +35,173 @@ pub use benchmarks::{BbqChoices, HhhForm};
 use generation::{PromptFormat, Task};
 use judge::{Judge, JudgeEnv, RefusalJudge, RefusalMatch};
 
-/// One entry of an eval stage's `metrics = [...]`.
-///
-/// Options by metric (others are rejected by [`MetricSpec::check`] where noted):
-/// - `multiple_choice`: `prompt` (`{context}`, `{question}`; default `"{context}{question}"`),
-///   `delimiter` (default `" "`), `max_length`, `batch_size`.
-/// - `truthfulqa_mc`: lm-eval's 6-shot QA prompt; `max_length`, `batch_size`.
-/// - `hhh`: `form = "lm_eval"` (default: BIG-bench multiple choice as lm-eval runs it) or
-///   `"dromedary"` (two orderings of an A/B prompt); with `dromedary`, `meta_prompt`
-///   (`"dromedary_verbose"` default, `"none"`, or a file) and `max_length` = Dromedary's
-///   `max_seq_len` (default 1536); `batch_size`.
-/// - `bbq`: `choices = "lm_eval"` (default: lm-eval's 12 continuations with its ten unknown
-///   strings) or `"item"` (the three answers); `max_length`, `batch_size`.
-/// - `diversity_fluency`: generates with `prompt_format`, `max_new_tokens`, `batch_size`;
-///   `reference_model` (path or hub id; default: the evaluated model) scores fluency;
-///   `max_length` caps the tokens scored per output.
-/// - `harmful_score`, `finetune_accuracy`, `diversity_fluency`: `prompt_format` (`template`,
-///   `chat`, or a named chat template: `alpaca`, `vicuna_v1.1`, `llama2_chat`, `dromedary`,
-///   `dromedary_verbose`), `prefill`; the first two also `strategy` (default `{ kind = "plain" }`).
-/// - `max_length` for lm-eval metrics: tokens per scored sequence, cut from the left of the
-///   context (default: the model's `max_position_embeddings`, as lm-eval).
-/// - `prompt`/`delimiter` are rejected for `truthfulqa_mc`, `hhh` and `bbq`, whose prompts are
-///   lm-eval's.
+/// One entry of an eval stage's `metrics = [...]`: `metric = "<kind>"` selects the metric, and
+/// with it the one options struct whose keys that entry may use (any other key is an error naming
+/// the closest valid one). Every metric takes `data` (the dataset) and `name` (the prefix of its
+/// values; default a short name of the metric), and has its own version
+/// ([`MetricKind::version`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "metric", rename_all = "snake_case")]
+pub enum MetricSpec {
+    MultipleChoice(MultipleChoiceOptions),
+    HarmfulScore(HarmfulScoreOptions),
+    FinetuneAccuracy(FinetuneAccuracyOptions),
+    JudgeAccuracy(JudgeAccuracyOptions),
+    TruthfulqaMc(TruthfulqaOptions),
+    Hhh(HhhOptions),
+    Bbq(BbqOptions),
+    DiversityFluency(DiversityFluencyOptions),
+}
+
+/// `multiple_choice`: log-likelihood multiple choice as lm-eval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MetricSpec {
-    pub metric: MetricKind,
+pub struct MultipleChoiceOptions {
     pub data: String,
-    /// Name prefix of the metric values (default: a short name of the metric).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Multiple choice: the context template (`{context}`, `{question}`).
-    #[serde(default)]
+    /// The context template (`{context}`, `{question}`; default `"{context}{question}"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
-    /// Multiple choice: text before each choice.
-    #[serde(default)]
+    /// Text before each choice (default `" "`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delimiter: Option<String>,
-    /// Generation metrics: the dataset's template, or the model's chat template.
+    /// Tokens per scored sequence, cut from the left of the context (default: the model's
+    /// `max_position_embeddings`, as lm-eval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+/// `truthfulqa_mc`: lm-eval's 6-shot QA prompt; MC1 or MC2 by the dataset's `mc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TruthfulqaOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+/// `hhh`: BIG-bench HHH alignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HhhOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `lm_eval` (default: BIG-bench multiple choice as lm-eval runs it) or `dromedary` (two
+    /// orderings of an A/B prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<HhhForm>,
+    /// With `form = "dromedary"`: `dromedary_verbose` (default), `none`, or a file path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_prompt: Option<String>,
+    /// lm-eval's tokens per scored sequence, or Dromedary's `max_seq_len` (default 1536).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+/// `bbq`: accuracy (ambiguous, disambiguated) and bias scores, overall and per category.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BbqOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `lm_eval` (default: lm-eval's 12 continuations with its ten unknown strings) or `item`
+    /// (the three answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<BbqChoices>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+/// `harmful_score`: the percentage of responses to harmful prompts that the judge flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HarmfulScoreOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub judge: JudgeSpec,
+    /// `template` (the dataset's), `chat`, or a named chat template (`alpaca`, `vicuna_v1.1`,
+    /// `llama2_chat`, `dromedary`, `dromedary_verbose`).
     #[serde(default)]
     pub prompt_format: PromptFormat,
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
-    /// Harmful score, judge accuracy: who flags responses.
-    #[serde(default)]
-    pub judge: Option<JudgeSpec>,
-    /// Fine-tune accuracy: how answers are checked.
-    #[serde(default)]
-    pub task: Option<Task>,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Log-likelihood metrics: tokens per scored sequence (see above).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_length: Option<usize>,
-    /// `hhh`: `lm_eval` | `dromedary`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub form: Option<HhhForm>,
-    /// `hhh` with `form = "dromedary"`: `dromedary_verbose` | `none` | a file path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta_prompt: Option<String>,
-    /// `bbq`: `lm_eval` | `item`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub choices: Option<BbqChoices>,
-    /// `diversity_fluency`: the model that scores fluency.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reference_model: Option<String>,
-    /// Generation metrics: the start of the assistant's answer that the model continues (part of
-    /// the prompt; the scored response is the text after it).
+    /// The start of the assistant's answer that the model continues (part of the prompt; the
+    /// judged response is the text after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill: Option<String>,
-    /// `harmful_score`, `finetune_accuracy`: the inference strategy ([`strategy`]).
+    /// The inference strategy ([`strategy`]; default `{ kind = "plain" }`).
     #[serde(default, skip_serializing_if = "strategy::StrategySpec::is_plain")]
     pub strategy: strategy::StrategySpec,
+}
+
+/// `finetune_accuracy`: task accuracy of generated answers (SST-2, AG News, GSM8K).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneAccuracyOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// How answers are checked.
+    pub task: Task,
+    #[serde(default)]
+    pub prompt_format: PromptFormat,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
+    #[serde(default, skip_serializing_if = "strategy::StrategySpec::is_plain")]
+    pub strategy: strategy::StrategySpec,
+}
+
+/// `judge_accuracy`: agreement of a judge with the `is_safe` labels of labelled responses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeAccuracyOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub judge: JudgeSpec,
+}
+
+/// `diversity_fluency`: distinct-1/2 and fluency of generated outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiversityFluencyOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub prompt_format: PromptFormat,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
+    /// The model that scores fluency (path or hub id; default: the evaluated model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
+    /// Tokens scored per output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
 }
 
 fn default_batch_size() -> usize {
@@ -245,81 +341,108 @@ impl JudgeSpec {
     }
 }
 
+/// `(key, message)` of an invalid option.
+type OptionError = (String, String);
+
+fn check_max_length(m: Option<usize>, min: usize, why: &str) -> Result<(), OptionError> {
+    match m {
+        Some(m) if m < min.max(1) => Err(("max_length".into(), format!("{m} is too small{why}"))),
+        _ => Ok(()),
+    }
+}
+
 impl MetricSpec {
-    /// Checks the options that only some metrics take.
-    pub fn check(&self) -> Result<(), (String, String)> {
-        match self.metric {
-            MetricKind::HarmfulScore if self.judge.is_none() => {
-                return Err(("judge".into(), "harmful_score needs a judge, e.g. judge = { kind = \"refusal\" }".into()))
-            }
-            MetricKind::JudgeAccuracy if self.judge.is_none() => {
-                return Err(("judge".into(), "judge_accuracy needs a judge, e.g. judge = { kind = \"trained\", stage = \"judge\" }".into()))
-            }
-            MetricKind::FinetuneAccuracy if self.task.is_none() => {
-                return Err(("task".into(), "finetune_accuracy needs task = \"sst2\" | \"agnews\" | \"gsm8k\"".into()))
-            }
-            _ => {}
+    pub fn kind(&self) -> MetricKind {
+        match self {
+            MetricSpec::MultipleChoice(_) => MetricKind::MultipleChoice,
+            MetricSpec::HarmfulScore(_) => MetricKind::HarmfulScore,
+            MetricSpec::FinetuneAccuracy(_) => MetricKind::FinetuneAccuracy,
+            MetricSpec::JudgeAccuracy(_) => MetricKind::JudgeAccuracy,
+            MetricSpec::TruthfulqaMc(_) => MetricKind::TruthfulqaMc,
+            MetricSpec::Hhh(_) => MetricKind::Hhh,
+            MetricSpec::Bbq(_) => MetricKind::Bbq,
+            MetricSpec::DiversityFluency(_) => MetricKind::DiversityFluency,
         }
-        self.check_scoring_options()?;
-        if let Some(j) = &self.judge {
+    }
+
+    /// The dataset the metric reads.
+    pub fn data(&self) -> &str {
+        match self {
+            MetricSpec::MultipleChoice(o) => &o.data,
+            MetricSpec::HarmfulScore(o) => &o.data,
+            MetricSpec::FinetuneAccuracy(o) => &o.data,
+            MetricSpec::JudgeAccuracy(o) => &o.data,
+            MetricSpec::TruthfulqaMc(o) => &o.data,
+            MetricSpec::Hhh(o) => &o.data,
+            MetricSpec::Bbq(o) => &o.data,
+            MetricSpec::DiversityFluency(o) => &o.data,
+        }
+    }
+
+    fn name(&self) -> Option<&str> {
+        match self {
+            MetricSpec::MultipleChoice(o) => o.name.as_deref(),
+            MetricSpec::HarmfulScore(o) => o.name.as_deref(),
+            MetricSpec::FinetuneAccuracy(o) => o.name.as_deref(),
+            MetricSpec::JudgeAccuracy(o) => o.name.as_deref(),
+            MetricSpec::TruthfulqaMc(o) => o.name.as_deref(),
+            MetricSpec::Hhh(o) => o.name.as_deref(),
+            MetricSpec::Bbq(o) => o.name.as_deref(),
+            MetricSpec::DiversityFluency(o) => o.name.as_deref(),
+        }
+    }
+
+    /// The judge the metric uses, if any.
+    pub fn judge(&self) -> Option<&JudgeSpec> {
+        match self {
+            MetricSpec::HarmfulScore(o) => Some(&o.judge),
+            MetricSpec::JudgeAccuracy(o) => Some(&o.judge),
+            _ => None,
+        }
+    }
+
+    /// Another model the metric reads (the fluency reference).
+    pub fn reference_model(&self) -> Option<&str> {
+        match self {
+            MetricSpec::DiversityFluency(o) => o.reference_model.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Checks option values and combinations the types do not express.
+    pub fn check(&self) -> Result<(), OptionError> {
+        match self {
+            MetricSpec::MultipleChoice(o) => check_max_length(o.max_length, 1, "")?,
+            MetricSpec::TruthfulqaMc(o) => check_max_length(o.max_length, 1, "")?,
+            MetricSpec::Bbq(o) => check_max_length(o.max_length, 1, "")?,
+            MetricSpec::DiversityFluency(o) => check_max_length(o.max_length, 1, "")?,
+            MetricSpec::Hhh(o) => {
+                let dromedary = o.form == Some(HhhForm::Dromedary);
+                if let Some(m) = &o.meta_prompt {
+                    if !dromedary {
+                        return Err(("meta_prompt".into(), "`meta_prompt` applies to form = \"dromedary\"".into()));
+                    }
+                    if !matches!(m.as_str(), "dromedary_verbose" | "none") && !std::path::Path::new(m).is_file() {
+                        return Err((
+                            "meta_prompt".into(),
+                            format!("{m:?} is neither \"dromedary_verbose\", \"none\" nor an existing file"),
+                        ));
+                    }
+                }
+                let (min, why) = if dromedary { (259, " (Dromedary needs (max_length - 256) // 3 > 0)") } else { (1, "") };
+                check_max_length(o.max_length, min, why)?;
+            }
+            MetricSpec::HarmfulScore(_) | MetricSpec::FinetuneAccuracy(_) | MetricSpec::JudgeAccuracy(_) => {}
+        }
+        if let Some(j) = self.judge() {
             j.check().map_err(|(key, msg)| (format!("judge.{key}"), msg))?;
         }
         Ok(())
     }
 
-    /// The options of the log-likelihood and text metrics.
-    fn check_scoring_options(&self) -> Result<(), (String, String)> {
-        use MetricKind::*;
-        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
-        let name = self.metric.name();
-        if self.form.is_some() && self.metric != Hhh {
-            return bad("form", format!("`form` applies to metric = \"hhh\", not {name:?}"));
-        }
-        let dromedary = self.metric == Hhh && self.form == Some(HhhForm::Dromedary);
-        if let Some(m) = &self.meta_prompt {
-            if !dromedary {
-                return bad("meta_prompt", "`meta_prompt` applies to metric = \"hhh\" with form = \"dromedary\"".into());
-            }
-            if !matches!(m.as_str(), "dromedary_verbose" | "none") && !std::path::Path::new(m).is_file() {
-                return bad("meta_prompt", format!("{m:?} is neither \"dromedary_verbose\", \"none\" nor an existing file"));
-            }
-        }
-        if self.choices.is_some() && self.metric != Bbq {
-            return bad("choices", format!("`choices` applies to metric = \"bbq\", not {name:?}"));
-        }
-        if self.prefill.is_some() && !matches!(self.metric, HarmfulScore | FinetuneAccuracy | DiversityFluency) {
-            return bad("prefill", format!("`prefill` applies to the generation metrics, not {name:?}"));
-        }
-        if !self.strategy.is_plain() && !matches!(self.metric, HarmfulScore | FinetuneAccuracy) {
-            return bad("strategy", format!("`strategy` applies to \"harmful_score\" and \"finetune_accuracy\", not {name:?}"));
-        }
-        if self.reference_model.is_some() && self.metric != DiversityFluency {
-            return bad("reference_model", format!("`reference_model` applies to metric = \"diversity_fluency\", not {name:?}"));
-        }
-        if let Some(m) = self.max_length {
-            if !matches!(self.metric, MultipleChoice | TruthfulqaMc | Hhh | Bbq | DiversityFluency) {
-                return bad("max_length", format!("`max_length` does not apply to metric = {name:?}"));
-            }
-            if m == 0 || (dromedary && m < 259) {
-                return bad(
-                    "max_length",
-                    format!("{m} is too small{}", if dromedary { " (Dromedary needs (max_length - 256) // 3 > 0)" } else { "" }),
-                );
-            }
-        }
-        if matches!(self.metric, TruthfulqaMc | Hhh | Bbq) {
-            for (key, set) in [("prompt", self.prompt.is_some()), ("delimiter", self.delimiter.is_some())] {
-                if set {
-                    return bad(key, format!("metric {name:?} uses lm-eval's prompt; `{key}` applies to \"multiple_choice\""));
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn prefix(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            match self.metric {
+        self.name().map(str::to_string).unwrap_or_else(|| {
+            match self.kind() {
                 MetricKind::MultipleChoice => "mc",
                 MetricKind::HarmfulScore => "harmful_score",
                 MetricKind::FinetuneAccuracy => "finetune_acc",
@@ -347,39 +470,37 @@ fn to_json<T: Serialize>(records: &[T]) -> Vec<serde_json::Value> {
 pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &JudgeEnv) -> Result<MetricOutput, ModelError> {
     let prefix = spec.prefix();
     let mut values = BTreeMap::new();
-    let records = match spec.metric {
-        MetricKind::MultipleChoice | MetricKind::TruthfulqaMc | MetricKind::Hhh | MetricKind::Bbq | MetricKind::DiversityFluency => {
-            let run = match spec.metric {
-                MetricKind::MultipleChoice => benchmarks::run_multiple_choice,
-                MetricKind::TruthfulqaMc => benchmarks::run_truthfulqa,
-                MetricKind::Hhh => benchmarks::run_hhh,
-                MetricKind::Bbq => benchmarks::run_bbq,
-                _ => text_metrics::run,
-            };
-            let (v, records) = run(spec, lm, data, &prefix)?;
-            values.extend(v);
-            records
-        }
-        MetricKind::HarmfulScore => {
-            let judge = spec.judge.as_ref().ok_or_else(|| ModelError::Input("harmful_score needs a judge".into()))?.build(env)?;
+    let mut scored = |(v, records): benchmarks::Output| {
+        values.extend(v);
+        records
+    };
+    let records = match spec {
+        MetricSpec::MultipleChoice(o) => scored(benchmarks::run_multiple_choice(o, lm, data, &prefix)?),
+        MetricSpec::TruthfulqaMc(o) => scored(benchmarks::run_truthfulqa(o, lm, data, &prefix)?),
+        MetricSpec::Hhh(o) => scored(benchmarks::run_hhh(o, lm, data, &prefix)?),
+        MetricSpec::Bbq(o) => scored(benchmarks::run_bbq(o, lm, data, &prefix)?),
+        MetricSpec::DiversityFluency(o) => scored(text_metrics::run(o, lm, data, &prefix)?),
+        MetricSpec::HarmfulScore(o) => {
+            let judge = o.judge.build(env)?;
             let items = generation::instructions(data)?;
-            let setup = generation::GenerationSetup::from_metric(spec);
+            let setup =
+                generation::GenerationSetup::greedy(o.prompt_format, o.prefill.clone(), o.max_new_tokens, o.batch_size, &o.strategy);
             let (score, records) = generation::harmful_score(lm, &items, data.template(), &setup, judge.as_ref())?;
             values.insert(prefix.clone(), score);
             insert_rate_stderr(&mut values, &prefix, records.iter().map(|r| r.harmful));
             to_json(&records)
         }
-        MetricKind::FinetuneAccuracy => {
-            let task = spec.task.ok_or_else(|| ModelError::Input("finetune_accuracy needs a task".into()))?;
+        MetricSpec::FinetuneAccuracy(o) => {
             let items = generation::instructions(data)?;
-            let setup = generation::GenerationSetup::from_metric(spec);
-            let (acc, records) = generation::finetune_accuracy(lm, &items, data.template(), &setup, task)?;
+            let setup =
+                generation::GenerationSetup::greedy(o.prompt_format, o.prefill.clone(), o.max_new_tokens, o.batch_size, &o.strategy);
+            let (acc, records) = generation::finetune_accuracy(lm, &items, data.template(), &setup, o.task)?;
             values.insert(prefix.clone(), acc);
             insert_rate_stderr(&mut values, &prefix, records.iter().map(|r| r.correct));
             to_json(&records)
         }
-        MetricKind::JudgeAccuracy => {
-            let judge = spec.judge.as_ref().ok_or_else(|| ModelError::Input("judge_accuracy needs a judge".into()))?.build(env)?;
+        MetricSpec::JudgeAccuracy(o) => {
+            let judge = o.judge.build(env)?;
             let items = data
                 .as_labeled()
                 .map_err(|e| ModelError::Input(format!("{e} (judge_accuracy reads labelled responses: view = \"labeled\")")))?;

@@ -17,7 +17,7 @@ use super::benchmarks::Output;
 use super::generation::{instructions, GenerationSetup};
 use super::multiple_choice::{is_py_space, prefix_token_id};
 use super::stats::Values;
-use super::MetricSpec;
+use super::DiversityFluencyOptions;
 use crate::data::Dataset;
 use crate::model::{load, score_continuations, CausalLm, LoadOptions, LoadedModel, Result, TextTokenizer};
 
@@ -96,9 +96,11 @@ pub struct TextRecord {
 /// `metric = "diversity_fluency"`: generates (greedy) on the prompts, then `<p>_distinct_1`,
 /// `<p>_distinct_2`, `<p>_fluency_nll`, `<p>_fluency_ppl` (fluency keys are left out when no
 /// output has a token, the paper's "not measurable").
-pub fn run(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
+pub fn run(spec: &DiversityFluencyOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
     let items = instructions(data)?;
-    let (conversations, generator) = GenerationSetup::from_metric(spec).prepare(lm, data.template(), &items)?;
+    let (conversations, generator) =
+        GenerationSetup::greedy(spec.prompt_format, spec.prefill.clone(), spec.max_new_tokens, spec.batch_size, &Default::default())
+            .prepare(lm, data.template(), &items)?;
     let (prompts, responses): (Vec<String>, Vec<String>) =
         generator.generate(&conversations)?.into_iter().map(|r| (r.prompt, r.text)).unzip();
     let reference;

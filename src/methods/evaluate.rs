@@ -46,25 +46,25 @@ impl Validate for EvalParams {
 
 impl StageInputs for EvalParams {
     fn datasets(&self) -> Vec<&str> {
-        self.metrics.iter().map(|m| m.data.as_str()).collect()
+        self.metrics.iter().map(|m| m.data()).collect()
     }
     fn stages(&self) -> Vec<&str> {
-        self.metrics.iter().filter_map(|m| m.judge.as_ref()?.stage.as_deref()).collect()
+        self.metrics.iter().filter_map(|m| m.judge()?.stage.as_deref()).collect()
     }
     fn models(&self) -> Vec<(String, &str)> {
         let mut v = Vec::new();
         for (i, m) in self.metrics.iter().enumerate() {
-            if let Some(model) = m.judge.as_ref().and_then(|j| j.model.as_deref()) {
+            if let Some(model) = m.judge().and_then(|j| j.model.as_deref()) {
                 v.push((format!("metrics.{i}.judge.model"), model));
             }
-            if let Some(model) = m.reference_model.as_deref() {
+            if let Some(model) = m.reference_model() {
                 v.push((format!("metrics.{i}.reference_model"), model));
             }
         }
         v
     }
     fn components(&self) -> BTreeMap<String, u32> {
-        self.metrics.iter().map(|m| (format!("metric.{}", m.metric.name()), m.metric.version())).collect()
+        self.metrics.iter().map(|m| (format!("metric.{}", m.kind().name()), m.kind().version())).collect()
     }
 }
 
@@ -80,11 +80,11 @@ fn run(ctx: &StageContext, p: &EvalParams) -> Result<Metrics, StageError> {
     let mut out = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
     let mut values = BTreeMap::new();
     for spec in &p.metrics {
-        let data = ctx.dataset(&spec.data)?;
-        tracing::info!(metric = ?spec.metric, data = %spec.data, items = data.len(), "evaluating");
+        let data = ctx.dataset(spec.data())?;
+        tracing::info!(metric = spec.kind().name(), data = spec.data(), items = data.len(), "evaluating");
         let result = run_metric(spec, &lm, &data, &env)?;
         for r in &result.records {
-            let line = serde_json::json!({"metric": spec.metric, "data": spec.data, "record": r});
+            let line = serde_json::json!({"metric": spec.kind(), "data": spec.data(), "record": r});
             writeln!(out, "{line}").map_err(|e| StoreError::io(&tmp, e))?;
         }
         values.extend(result.values);
