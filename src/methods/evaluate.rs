@@ -79,6 +79,7 @@ fn run(ctx: &StageContext, p: &EvalParams) -> Result<Metrics, StageError> {
     let tmp = ctx.dir.root().join(".outputs.jsonl.tmp");
     let mut out = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
     let mut values = BTreeMap::new();
+    let progress = ctx.progress(p.metrics.len() as u64, "metric");
     for spec in &p.metrics {
         let data = ctx.dataset(spec.data())?;
         tracing::info!(metric = spec.kind().name(), data = spec.data(), items = data.len(), "evaluating");
@@ -88,7 +89,9 @@ fn run(ctx: &StageContext, p: &EvalParams) -> Result<Metrics, StageError> {
             writeln!(out, "{line}").map_err(|e| StoreError::io(&tmp, e))?;
         }
         values.extend(result.values);
+        progress.step(None, 0);
     }
+    progress.finish();
     out.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
     Ok(values)
