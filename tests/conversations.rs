@@ -138,7 +138,7 @@ fn a_two_round_strategy_sees_its_first_answer() {
     assert_eq!(keys(&records[0]), ["correct", "gold", "prompt", "response"]);
     let judge = RefusalJudge { phrases: vec!["I cannot".into()], mode: RefusalMatch::Substring };
     let (_, records) = harmful_score(&lm, &items(), &template, &plain, &judge).unwrap();
-    assert_eq!(keys(&records[0]), ["harmful", "prompt", "reason", "response", "score"]);
+    assert_eq!(keys(&records[0]), ["harmful", "incoherent", "prompt", "reason", "response", "score"]);
 }
 
 #[test]

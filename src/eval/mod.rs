@@ -7,7 +7,7 @@
 //! | `truthfulqa_mc` | a `truthfulqa-*` dataset | (`truthfulqa`) `<p>_mc1` or `<p>_mc2`, by the dataset's `mc` |
 //! | `hhh` | `hhh` | (`hhh`) `<p>_acc`, `<p>_acc_<category>`; `<p>_acc_norm` (form `lm_eval`) |
 //! | `bbq` | `bbq` (or `bbq-lite`) | (`bbq`) `<p>_acc`, `<p>_acc_ambig`, `<p>_acc_disambig`, `<p>_bias_ambig`, `<p>_bias_disambig`, each also per category (`_<Category>`) |
-//! | `harmful_score` | prompts | (`harmful_score`) `<p>` |
+//! | `harmful_score` | prompts | (`harmful_score`) `<p>`, `<p>_plus` (HS+: flagged or incoherent) |
 //! | `finetune_accuracy` | instructions | (`finetune_acc`) `<p>` |
 //! | `diversity_fluency` | prompts / instructions | (`text`) `<p>_distinct_1`, `<p>_distinct_2`, `<p>_fluency_nll`, `<p>_fluency_ppl` |
 //!
@@ -252,8 +252,9 @@ impl MetricKind {
     /// it when a change alters the metric's values, and only the stages using it re-run.
     pub fn version(self) -> u32 {
         match self {
+            // 2: HS+ (`<p>_plus`) and `incoherent` in the records.
+            MetricKind::HarmfulScore => 2,
             MetricKind::MultipleChoice
-            | MetricKind::HarmfulScore
             | MetricKind::FinetuneAccuracy
             | MetricKind::JudgeAccuracy
             | MetricKind::TruthfulqaMc
@@ -488,6 +489,10 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
             let (score, records) = generation::harmful_score(lm, &items, data.template(), &setup, judge.as_ref())?;
             values.insert(prefix.clone(), score);
             insert_rate_stderr(&mut values, &prefix, records.iter().map(|r| r.harmful));
+            // HS+: flagged or incoherent (the Booster repo's `final score+`).
+            let plus: Vec<bool> = records.iter().map(|r| r.harmful || r.incoherent).collect();
+            values.insert(format!("{prefix}_plus"), 100.0 * plus.iter().filter(|&&x| x).count() as f64 / plus.len().max(1) as f64);
+            insert_rate_stderr(&mut values, &format!("{prefix}_plus"), plus.into_iter());
             to_json(&records)
         }
         MetricSpec::FinetuneAccuracy(o) => {
