@@ -31,8 +31,13 @@ pub struct DatasetManifest {
 }
 
 impl DatasetManifest {
-    pub fn new(items: &Items, producer: Producer) -> Self {
-        DatasetManifest { kind: items.kind(), format: reader_of(items.kind()), records: items.len(), producer }
+    /// The manifest of `items`; kinds no reader reads back (multiple choice, classification) are
+    /// refused.
+    pub fn new(items: &Items, producer: Producer) -> Result<Self, DataError> {
+        let kind = items.kind();
+        let format = reader_of(kind)
+            .ok_or_else(|| DataError::Spec(format!("a generate stage cannot write {}: no reader reads them back", kind.describe())))?;
+        Ok(DatasetManifest { kind, format, records: items.len(), producer })
     }
 
     pub fn read(path: &Path) -> Result<Self, DataError> {
@@ -56,15 +61,14 @@ impl DatasetManifest {
     }
 }
 
-/// The format whose reader reads back [`Items::to_jsonl`] of this kind.
-pub fn reader_of(kind: Kind) -> Format {
+/// The format whose reader reads back [`Items::to_jsonl`] of this kind, if any.
+pub fn reader_of(kind: Kind) -> Option<Format> {
     match kind {
-        Kind::Instructions => Format::InstructionJson,
-        Kind::Preferences => Format::PkuSaferlhfPairs,
-        Kind::Labeled => Format::Beavertails,
-        Kind::Prompts => Format::Prompts,
-        // Written only by readers of shipped benchmark files, never by generate stages.
-        Kind::MultipleChoice | Kind::Classification => Format::InstructionJson,
+        Kind::Instructions => Some(Format::InstructionJson),
+        Kind::Preferences => Some(Format::PkuSaferlhfPairs),
+        Kind::Labeled => Some(Format::Beavertails),
+        Kind::Prompts => Some(Format::Prompts),
+        Kind::MultipleChoice | Kind::Classification => None,
     }
 }
 
@@ -116,7 +120,7 @@ mod tests {
         for items in sets {
             let records = dir.path().join("dataset.jsonl");
             crate::data::write_jsonl(&records, &items).unwrap();
-            let manifest = DatasetManifest::new(&items, producer());
+            let manifest = DatasetManifest::new(&items, producer()).unwrap();
             manifest.write(&dir.path().join("dataset.json")).unwrap();
             let back = DatasetManifest::read(&dir.path().join("dataset.json")).unwrap();
             assert_eq!(back, manifest);
@@ -124,6 +128,12 @@ mod tests {
             let spec: DataSpec = crate::spec::params::parse(&table).unwrap();
             assert_eq!(load(&spec, Path::new("/")).unwrap().items(), &items, "{:?}", items.kind());
         }
+    }
+
+    #[test]
+    fn kinds_without_a_reader_get_no_manifest() {
+        let e = DatasetManifest::new(&Items::MultipleChoice(Vec::new()), producer()).unwrap_err();
+        assert!(e.to_string().contains("multiple-choice items"), "{e}");
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl LisaRule {
     /// `total_ticks`: the fine-tune data's micro-batches over all epochs (the official
     /// `len(train_dataloader) * num_train_epochs`).
     pub fn new(params: &[(String, Var)], alignment: Stream<Example>, p: &LisaParams, total_ticks: usize) -> candle_core::Result<Self> {
-        let weights = params.iter().map(|(_, v)| v.as_tensor().detach().copy()).collect::<candle_core::Result<Vec<_>>>()?;
+        let weights = Self::snapshot(params)?;
         let phase = if p.alignment_steps > 0 && !alignment.is_empty() { Phase::Alignment } else { Phase::Finetune };
         Ok(Self {
             alignment,

@@ -89,7 +89,7 @@ impl<T: TypedMethod> Method for T {
         T::CHANGES_MODEL
     }
     fn check(&self, params: &Table) -> Result<Declared, ParamError> {
-        let p = params::parse_params::<T::Params>(params)?;
+        let p = <T::Params as params::StageParams>::from_table(params)?;
         p.validate(T::NAME)?;
         Ok(Declared {
             datasets: p.datasets().into_iter().map(str::to_string).collect(),
@@ -100,7 +100,8 @@ impl<T: TypedMethod> Method for T {
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
         let c = &ctx.config;
-        let p = params::parse_params::<T::Params>(&c.params).map_err(|e| StageError::Method(format!("stage {}: {e}", c.name)))?;
+        let p =
+            <T::Params as params::StageParams>::from_table(&c.params).map_err(|e| StageError::Method(format!("stage {}: {e}", c.name)))?;
         T::run(ctx, &p)
     }
 }
@@ -193,8 +194,7 @@ impl PlanContext for Registry {
         spec.validate().map_err(|e| ParamError::new("", e.to_string()))
     }
 
-    fn data_source(&self, name: &str, table: &Table) -> Result<DataSource, ParamError> {
-        self.check_data(name, table)?;
+    fn data_source(&self, _name: &str, table: &Table) -> Result<DataSource, ParamError> {
         if let Some((stage, _)) = crate::data::stage_reference(table) {
             return Ok(DataSource::Stage(stage.to_string()));
         }

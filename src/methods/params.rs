@@ -49,10 +49,6 @@ pub trait StageParams: Sized {
     fn from_table(table: &Table) -> Result<Self, ParamError>;
 }
 
-pub fn parse_params<T: StageParams>(table: &Table) -> Result<T, ParamError> {
-    T::from_table(table)
-}
-
 /// Implements [`StageParams`] for a struct that is the whole stage table (generate and eval
 /// methods, which take no optimizer block).
 #[macro_export]

@@ -27,8 +27,8 @@ pub trait PlanContext {
     /// option values. Never tolerated, not even by a lenient plan. Errors are `(key within the
     /// table, message, closest valid key)`.
     fn check_data(&self, name: &str, table: &Table) -> Result<(), ParamError>;
-    /// Checks a `[data.*]` table as [`PlanContext::check_data`] does and says where its records
-    /// come from (files and their identity, or an earlier generate stage).
+    /// Where the records of a `[data.*]` table come from (files and their identity, or an earlier
+    /// generate stage). The planner calls it after [`PlanContext::check_data`] accepted the table.
     fn data_source(&self, name: &str, spec: &Table) -> Result<DataSource, ParamError>;
     /// Identity of the base model (config and weight file fingerprints).
     fn model_identity(&self, model: &ModelSpec) -> Result<String, String>;

@@ -102,20 +102,6 @@ pub fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
     probe.0.unwrap_or(&[])
 }
 
-/// Splits `table` into the keys in `keys` and the rest.
-pub fn split_keys(table: &Table, keys: &[&str]) -> (Table, Table) {
-    let mut inside = Table::new();
-    let mut rest = Table::new();
-    for (k, v) in table {
-        if keys.contains(&k.as_str()) {
-            inside.insert(k.clone(), v.clone());
-        } else {
-            rest.insert(k.clone(), v.clone());
-        }
-    }
-    (inside, rest)
-}
-
 /// A number that must be finite and lie in `[lo, hi]`.
 pub fn check_range(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), ParamError> {
     if v.is_finite() && v >= lo && v <= hi {

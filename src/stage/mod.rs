@@ -196,14 +196,15 @@ impl StageContext {
     /// Writes a generate stage's records with their manifest (the manifest last: a stage whose
     /// manifest exists wrote its whole dataset).
     pub fn write_dataset(&self, items: &data::Items) -> Result<(), StageError> {
-        data::write_jsonl(&self.dir.dataset(), items)?;
         let producer = data::Producer {
             stage: self.dir.id(),
             method: self.config.method.clone().unwrap_or_default(),
             method_version: self.config.method_version,
             seed: self.config.seed,
         };
-        data::DatasetManifest::new(items, producer).write(&self.dir.manifest())?;
+        let manifest = data::DatasetManifest::new(items, producer)?;
+        data::write_jsonl(&self.dir.dataset(), items)?;
+        manifest.write(&self.dir.manifest())?;
         Ok(())
     }
 
