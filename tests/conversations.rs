@@ -209,3 +209,14 @@ fn llama2_chat_matches_transformers_after_the_first_bos() {
         assert_eq!(result.is_err(), raises, "{}", case["name"]);
     }
 }
+
+#[test]
+fn alpaca_prompts_stop_at_the_next_response_marker() {
+    // The Booster repo keeps `output.split("### Response:")[1]`: the text up to a second marker.
+    let lm = lm();
+    let alpaca = Template::builtin("alpaca").unwrap();
+    let stops = |format: PromptFormat| GenerationSetup::plain(format, 4, 2).prepare(&lm, &alpaca, &items()).unwrap().1.options.stop_strings;
+    assert_eq!(stops(PromptFormat::Template), vec!["### Response:".to_string()]);
+    assert_eq!(stops(PromptFormat::Named(NamedTemplate::Alpaca)), vec!["### Response:".to_string()]);
+    assert!(stops(PromptFormat::Named(NamedTemplate::VicunaV1_1)).is_empty());
+}

@@ -45,7 +45,8 @@ fn booster_combines_three_gradients_and_restores_the_weights_exactly() {
     let lm = lora_model();
     let params = lm.model.trainable_params();
     let opts = ForwardOptions::training(None);
-    let rule = || BoosterRule { harmful: Stream::new(harmful_examples(), 10, Order::Shuffled, 5), lambda: 5.0, alpha: 0.1 };
+    let rule =
+        || BoosterRule { harmful: Stream::new(harmful_examples(), 10, Order::Shuffled, 5), lambda: 5.0, alpha: 0.1, perturb_aware: None };
     let before = values(&lm);
     let parts = rule().gradients_parts(&lm.model, &params, &[align_batch()], &opts).unwrap();
     assert_eq!(values(&lm), before, "weights after the restore are bit-identical");
@@ -56,6 +57,48 @@ fn booster_combines_three_gradients_and_restores_the_weights_exactly() {
     assert_eq!(values(&lm), before);
     for i in 0..params.len() {
         let expected: Vec<f32> = flat(&parts.align.tensors[i])
+            .iter()
+            .zip(flat(&parts.harmful.tensors[i]))
+            .zip(flat(&parts.harmful_perturbed.tensors[i]))
+            .map(|((f, h), hp)| f + 5.0 * (h - hp))
+            .collect();
+        let diff = max_abs_diff(&flat(&combined.tensors[i]), &expected);
+        assert!(diff < 1e-6, "{}: combined gradient differs by {diff}", params[i].0);
+    }
+}
+
+#[test]
+fn booster_with_vaccine_takes_the_perturbed_alignment_gradient() {
+    // perturb_aware (Booster + Vaccine): g = vaccine(g_f) + lambda * (g_h - g_h'), and the step's
+    // loss is the perturbed alignment loss.
+    let lm = lora_model();
+    let params = lm.model.trainable_params();
+    let opts = ForwardOptions::training(None);
+    let harmful = || Stream::new(harmful_examples(), 10, Order::Shuffled, 5);
+    let mut aware = BoosterRule { harmful: harmful(), lambda: 5.0, alpha: 0.1, perturb_aware: Some(VaccineRule { rho: 2.0 }) };
+    let before = values(&lm);
+    let parts = aware.gradients_parts(&lm.model, &params, &[align_batch()], &opts).unwrap();
+    assert_eq!(values(&lm), before, "weights after the restore are bit-identical");
+    let (vaccine_loss, vaccine) = VaccineRule { rho: 2.0 }.gradients(&lm.model, &params, &[align_batch()], &opts).unwrap();
+    assert!((parts.align_loss - vaccine_loss).abs() < 1e-6, "{} vs {vaccine_loss}", parts.align_loss);
+    let plain = BoosterRule { harmful: harmful(), lambda: 5.0, alpha: 0.1, perturb_aware: None }
+        .gradients_parts(&lm.model, &params, &[align_batch()], &opts)
+        .unwrap();
+    assert!(parts.align_loss > plain.align_loss, "the perturbation raises the alignment loss");
+    for i in 0..params.len() {
+        let diff = max_abs_diff(&flat(&parts.align.tensors[i]), &flat(&vaccine.tensors[i]));
+        assert!(diff < 1e-6, "{}: alignment gradient differs from Vaccine's by {diff}", params[i].0);
+        // The harmful part does not depend on the alignment gradient.
+        let diff = max_abs_diff(&flat(&parts.harmful_perturbed.tensors[i]), &flat(&plain.harmful_perturbed.tensors[i]));
+        assert!(diff < 1e-6, "{}: perturbed harmful gradient differs by {diff}", params[i].0);
+    }
+    assert_ne!(flat(&parts.align.tensors[1]), flat(&plain.align.tensors[1]));
+    let (loss, combined) = BoosterRule { harmful: harmful(), lambda: 5.0, alpha: 0.1, perturb_aware: Some(VaccineRule { rho: 2.0 }) }
+        .gradients(&lm.model, &params, &[align_batch()], &opts)
+        .unwrap();
+    assert!((loss - vaccine_loss).abs() < 1e-6);
+    for i in 0..params.len() {
+        let expected: Vec<f32> = flat(&vaccine.tensors[i])
             .iter()
             .zip(flat(&parts.harmful.tensors[i]))
             .zip(flat(&parts.harmful_perturbed.tensors[i]))
@@ -150,4 +193,36 @@ fn repnoise_independent_mode_draws_a_fresh_harmful_batch_per_micro_batch() {
     let drawn = same_stream.harmful.as_mut().unwrap().next_batch().input_ids;
     let direct = RepNoiseRule::new(0.1, 0.001, 4).loss(&lm.model, &batch, &drawn, &opts).unwrap().to_scalar::<f32>().unwrap();
     assert!((first as f32 - direct).abs() < 1e-5, "{first} vs {direct}");
+}
+
+#[test]
+fn repnoise_loss_and_mmd_equal_the_torch_reference() {
+    // tests/fixtures/tiny/repnoise_reference.json, from scripts/make_repnoise_reference.py
+    // (transformers on the same fixture model). Tolerance: 1e-5 relative (f32 sums).
+    use runner::methods::repnoise::{mmd, RepNoiseRule};
+    let r = read_json(&tiny("repnoise_reference.json"));
+    let lm = model::load(tiny("llama_gqa").to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let opts = ForwardOptions::training(None);
+    let harmless = TrainBatch {
+        input_ids: vec![ids(&r["harmless_ids"])],
+        labels: vec![r["harmless_labels"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()],
+    };
+    let harmful = vec![ids(&r["harmful_ids"])];
+    let alpha = r["alpha"].as_f64().unwrap();
+    let mut rule = RepNoiseRule::new(alpha, r["beta"].as_f64().unwrap(), 1);
+    let loss = rule.loss(&lm.model, &harmless, &harmful, &opts).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let expected = r["loss"].as_f64().unwrap();
+    assert!((loss - expected).abs() <= 1e-5 * expected.abs().max(1.0), "RepNoise loss {loss} vs torch {expected}");
+    // The alpha term really enters: without it the loss is the harmless CE alone.
+    let plain = RepNoiseRule::new(0.0, 0.0, 1).loss(&lm.model, &harmless, &harmful, &opts).unwrap().to_scalar::<f32>().unwrap() as f64;
+    assert!((plain - r["harmless_ce"].as_f64().unwrap()).abs() < 1e-5 && (plain - loss).abs() > 1e-3);
+
+    let matrix = |v: &serde_json::Value| {
+        let rows: Vec<Vec<f32>> = v.as_array().unwrap().iter().map(floats).collect();
+        let (n, d) = (rows.len(), rows[0].len());
+        candle_core::Tensor::from_vec(rows.concat(), (n, d), &candle_core::Device::Cpu).unwrap()
+    };
+    let got = mmd(&matrix(&r["mmd_x"]), &matrix(&r["mmd_y"])).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let want = r["mmd"].as_f64().unwrap();
+    assert!((got - want).abs() <= 1e-5 * want.abs().max(1e-3), "MMD {got} vs torch {want}");
 }

@@ -258,6 +258,11 @@ impl<'a> Generator<'a> {
     }
 }
 
+/// Where an Alpaca-format prompt hands over to the model. The Booster repo's evaluation keeps the
+/// text between the first and the second occurrence (`output.split("### Response:")[1].strip()`),
+/// so a prompt that contains it stops generating at the next one, and the text is cut there.
+pub const ALPACA_RESPONSE_MARKER: &str = "### Response:";
+
 /// How a generation metric prompts: the format, an optional assistant prefill, the decoding
 /// options and the inference strategy.
 pub struct GenerationSetup {
@@ -293,7 +298,13 @@ impl GenerationSetup {
     ) -> Result<(Vec<Conversation>, Generator<'a>)> {
         let conversations =
             items.iter().map(|i| conversation(template, i, self.format, self.prefill.as_deref())).collect::<Result<Vec<_>>>()?;
-        Ok((conversations, Generator::new(lm, self.format.chat_format(lm)?, self.options.clone())))
+        let mut generator = Generator::new(lm, self.format.chat_format(lm)?, self.options.clone());
+        if let Some(first) = conversations.first() {
+            if generator.render(first)?.contains(ALPACA_RESPONSE_MARKER) {
+                generator.options.stop_strings.push(ALPACA_RESPONSE_MARKER.to_string());
+            }
+        }
+        Ok((conversations, generator))
     }
 
     /// Runs the strategy over the items: per item the final response and the turns before it.

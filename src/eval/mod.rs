@@ -252,15 +252,12 @@ impl MetricKind {
     /// it when a change alters the metric's values, and only the stages using it re-run.
     pub fn version(self) -> u32 {
         match self {
-            // 2: HS+ (`<p>_plus`) and `incoherent` in the records.
-            MetricKind::HarmfulScore => 2,
-            MetricKind::MultipleChoice
-            | MetricKind::FinetuneAccuracy
-            | MetricKind::JudgeAccuracy
-            | MetricKind::TruthfulqaMc
-            | MetricKind::Hhh
-            | MetricKind::Bbq
-            | MetricKind::DiversityFluency => 1,
+            // 2: HS+ (`<p>_plus`) and `incoherent` in the records. 3: Alpaca prompts cut the
+            // response at the next "### Response:" (the Booster repo's extraction).
+            MetricKind::HarmfulScore => 3,
+            // 2: the Alpaca response cut, as harmful_score 3.
+            MetricKind::FinetuneAccuracy | MetricKind::DiversityFluency => 2,
+            MetricKind::MultipleChoice | MetricKind::JudgeAccuracy | MetricKind::TruthfulqaMc | MetricKind::Hhh | MetricKind::Bbq => 1,
         }
     }
 }

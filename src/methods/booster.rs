@@ -9,12 +9,17 @@
 //! 5. exact restore of `w`;
 //! 6. `g_f` = gradient of the alignment loss;
 //! 7. step with `g_f + lambda * (g_h - g_h')` (then clipping and AdamW, by the trainer).
+//!
+//! `perturb_aware = true` is "Booster + Vaccine" (`smooth_align_perturb.sh`): step 6 takes the
+//! Vaccine gradient of the alignment loss (the attention outputs perturbed with radius `rho`), and
+//! the step's loss is that perturbed alignment loss, as the official `loss3`.
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
 use super::params::{MethodOptions, StageInputs, Trained, Validate};
 use super::sft::TrainParams;
+use super::vaccine::VaccineRule;
 use crate::model::{CausalLm, ForwardOptions, Result};
 use crate::plan::ParamError;
 use crate::spec::StageKind;
@@ -37,6 +42,12 @@ pub struct BoosterParams {
     /// Harmful batch size (hard-coded to 10 in the official code).
     #[serde(default = "default_harmful_batch")]
     pub harmful_batch_size: usize,
+    /// Booster + Vaccine: the alignment gradient is Vaccine's perturbation-aware one.
+    #[serde(default)]
+    pub perturb_aware: bool,
+    /// Vaccine's perturbation radius when `perturb_aware` (the official script's default 5).
+    #[serde(default = "default_rho")]
+    pub rho: f64,
 }
 
 fn default_lambda() -> f64 {
@@ -47,6 +58,9 @@ fn default_alpha() -> f64 {
 }
 fn default_harmful_batch() -> usize {
     10
+}
+fn default_rho() -> f64 {
+    5.0
 }
 
 impl MethodOptions for BoosterParams {
@@ -63,6 +77,7 @@ impl Validate for BoosterParams {
     fn validate(&self, _: &str) -> std::result::Result<(), ParamError> {
         super::params::check_range("booster.lambda", self.lambda, 0.0, f64::INFINITY)?;
         super::params::check_range("booster.alpha", self.alpha, 0.0, f64::INFINITY)?;
+        super::params::check_range("booster.rho", self.rho, 0.0, f64::INFINITY)?;
         if self.harmful_batch_size == 0 {
             return Err(ParamError::new("booster.harmful_batch_size", "must be at least 1"));
         }
@@ -75,6 +90,8 @@ pub struct BoosterRule {
     pub harmful: Stream<Example>,
     pub lambda: f64,
     pub alpha: f64,
+    /// Booster + Vaccine: the alignment gradient comes from this Vaccine rule.
+    pub perturb_aware: Option<VaccineRule>,
 }
 
 /// The three gradients of one Booster step, kept for tests and logging.
@@ -102,7 +119,10 @@ impl BoosterRule {
         // Restore before looking at the result, so an error never leaves the weights perturbed.
         snapshot.restore(params)?;
         let harmful_perturbed = perturbed?;
-        let (align_loss, align) = accumulated_gradients(model, params, micro_batches, opts)?;
+        let (align_loss, align) = match &mut self.perturb_aware {
+            Some(vaccine) => vaccine.gradients(model, params, micro_batches, opts)?,
+            None => accumulated_gradients(model, params, micro_batches, opts)?,
+        };
         Ok(BoosterGradients { align, harmful, harmful_perturbed, align_loss })
     }
 }
@@ -137,13 +157,20 @@ impl super::TypedMethod for Booster {
         let harmful = ctx.dataset(&bp.harmful)?;
         let harmful_items = harmful.as_instructions()?.to_vec();
         let (lambda, alpha, batch) = (bp.lambda, bp.alpha, bp.harmful_batch_size);
+        let rho = bp.rho;
+        let perturb_aware = bp.perturb_aware;
         let seed = ctx.config.seed;
         super::sft::run_with(ctx, &p.optim, &p.params, &|lm| {
             let pairs = super::sft::render_pairs(lm, harmful.template(), &harmful_items, p.params.prompt_format)?;
             let mut examples = super::sft::tokenize_pairs(&lm.tokenizer, &pairs, p.optim.max_len)?;
             // A harmful batch of cut-off examples only would have no loss at all: leave them out.
             examples.retain(super::sft::has_target);
-            Ok(Box::new(BoosterRule { harmful: Stream::new(examples, batch, Order::Shuffled, seed.wrapping_add(17)), lambda, alpha }))
+            Ok(Box::new(BoosterRule {
+                harmful: Stream::new(examples, batch, Order::Shuffled, seed.wrapping_add(17)),
+                lambda,
+                alpha,
+                perturb_aware: perturb_aware.then_some(VaccineRule { rho }),
+            }))
         })
     }
 }

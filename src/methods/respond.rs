@@ -48,7 +48,8 @@ pub struct Respond;
 impl super::TypedMethod for Respond {
     const NAME: &'static str = "respond";
     const KIND: StageKind = StageKind::Generate;
-    const VERSION: u32 = 1;
+    // 2: Alpaca prompts stop at the next "### Response:".
+    const VERSION: u32 = 2;
     const CHANGES_MODEL: bool = false;
     type Params = RespondParams;
     fn run(ctx: &StageContext, p: &RespondParams) -> Result<Metrics, StageError> {

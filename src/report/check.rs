@@ -72,7 +72,9 @@ pub fn check_spec(
     };
     for (i, t) in spec.table.iter().enumerate() {
         let at = |field: &str| vec!["table".to_string(), i.to_string(), field.to_string()];
-        check_param(&t.rows, &known, at("rows"))?;
+        for r in &t.rows {
+            check_param(r, &known, at("rows"))?;
+        }
         if let Some(c) = &t.cols {
             check_param(c, &known, at("cols"))?;
         }
@@ -88,7 +90,7 @@ pub fn check_spec(
     for (i, p) in spec.plot.iter().enumerate() {
         let at = |field: &str| vec!["plot".to_string(), i.to_string(), field.to_string()];
         check_param(&p.x, &known, at("x"))?;
-        if let Some(s) = &p.series {
+        for s in &p.series {
             check_param(s, &known, at("series"))?;
         }
         for k in p.filter.keys() {

@@ -46,6 +46,20 @@ impl Level {
     pub fn param(row: &RunRow, key: &str) -> Level {
         Level::of(row.params.get(key))
     }
+
+    /// The level of a run under several keys at once (one row per combination of their
+    /// values): labels joined by " + ". One key is its plain level.
+    pub fn joint(row: &RunRow, keys: &[String]) -> Level {
+        if let [key] = keys {
+            return Level::param(row, key);
+        }
+        let levels: Vec<Level> = keys.iter().map(|k| Level::param(row, k)).collect();
+        if levels.iter().all(Level::is_absent) {
+            return Level::absent();
+        }
+        let join = |f: fn(&Level) -> &str, sep: &str| levels.iter().map(f).collect::<Vec<_>>().join(sep);
+        Level { canon: join(|l| &l.canon, "\u{1e}"), label: join(|l| &l.label, " + "), num: None }
+    }
 }
 
 /// A number as a person writes it: `0`, `0.05`, `5e-4` → `0.0005`, `1e-8` → `1e-8`.

@@ -135,8 +135,10 @@ pub struct TableSpec {
     /// File stem under `tables/`; default derived from the keys (`harmful_score_by_method_ratio`).
     #[serde(default)]
     pub name: Option<String>,
-    /// Param key whose values are the rows.
-    pub rows: String,
+    /// Param key whose values are the rows, or several keys: one row per combination of their
+    /// values (`["stage.align.method", "stage.attack.method"]`, labelled `sft + lisa`).
+    #[serde(deserialize_with = "one_or_many")]
+    pub rows: Vec<String>,
     /// Param key whose values are the columns; none: one column per metric.
     #[serde(default)]
     pub cols: Option<String>,
@@ -160,7 +162,8 @@ pub struct TableSpec {
     #[serde(default)]
     pub filter: BTreeMap<String, serde_json::Value>,
     /// Display names for param and metric keys (default: the key's last segment; several
-    /// metrics side by side are abbreviated to their initials, `harmful_score` -> `HS`).
+    /// metrics side by side are abbreviated to their initials, `harmful_score` -> `HS`), and for
+    /// row values (`"sft + lisa" = "Lisa"`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -198,9 +201,13 @@ pub struct PlotSpec {
     pub x: String,
     /// Metric key on the y axis.
     pub y: String,
-    /// Param key whose values are the lines (bars within a group).
+    /// Param key whose values are the lines (bars within a group), or several keys: one line per
+    /// combination of their values.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub series: Vec<String>,
+    /// Display names of series values (`"sft + lisa" = "Lisa"`).
     #[serde(default)]
-    pub series: Option<String>,
+    pub labels: BTreeMap<String, String>,
     /// Title above the plot; default none (papers caption figures themselves).
     #[serde(default)]
     pub title: Option<String>,
@@ -407,7 +414,7 @@ series = "stage.align.method"
         )
         .unwrap();
         assert_eq!(doc.report.table[0].best, vec![Best::Min]);
-        assert_eq!(doc.report.plot[0].series.as_deref(), Some("stage.align.method"));
+        assert_eq!(doc.report.plot[0].series, ["stage.align.method"]);
     }
 
     #[test]

@@ -118,7 +118,7 @@ fn load(path: &Path) -> Result<LoadedFont, String> {
 /// Default file stem: `harmful_score_vs_ratio_by_method`.
 pub(crate) fn default_name(p: &PlotSpec) -> String {
     let mut s = format!("{}_vs_{}", short_key(&p.y), short_key(&p.x));
-    if let Some(k) = &p.series {
+    for k in &p.series {
         s.push_str("_by_");
         s.push_str(short_key(k));
     }
@@ -157,16 +157,16 @@ pub(crate) struct PlotData {
 pub(crate) fn build(name: &str, all: &[RunRow], spec: &PlotSpec) -> Result<PlotData, ReportError> {
     let what = format!("plot `{name}`");
     check_param(&what, "x", &spec.x, all)?;
-    if let Some(s) = &spec.series {
+    for s in &spec.series {
         check_param(&what, "series", s, all)?;
     }
     check_metric(&what, "y", &spec.y, all)?;
     let runs: Vec<&RunRow> = apply_filter(&what, all, &spec.filter)?.into_iter().filter(|r| r.params.contains_key(&spec.x)).collect();
 
     let mut group_keys = vec![spec.x.as_str()];
-    group_keys.extend(spec.series.as_deref());
+    group_keys.extend(spec.series.iter().map(String::as_str));
     let extras = varying_within(&runs, &group_keys);
-    let series_level = |r: &RunRow| spec.series.as_deref().map_or_else(Level::absent, |k| Level::param(r, k));
+    let series_level = |r: &RunRow| if spec.series.is_empty() { Level::absent() } else { Level::joint(r, &spec.series) };
 
     let mut ids: Vec<(String, String, String)> = Vec::new(); // (level canon, extras canon, label)
     for level in ordered_levels(runs.iter().map(|r| series_level(r))) {
@@ -175,12 +175,10 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &PlotSpec) -> Result<PlotD
             if !ids.iter().any(|(c, e, _)| *c == level.canon && *e == ec) {
                 let el = extras_label(r, &extras);
                 // Numbers alone say little in a legend: `ratio=0.1`, but `booster`.
-                let base = match &spec.series {
-                    Some(k) if level.num.is_some() || level.canon.starts_with("b:") => {
-                        format!("{}={}", short_key(k), level.label)
-                    }
-                    Some(_) => level.label.clone(),
-                    None => String::new(),
+                let base = match spec.series.as_slice() {
+                    [] => String::new(),
+                    [k] if level.num.is_some() || level.canon.starts_with("b:") => format!("{}={}", short_key(k), level.label),
+                    _ => spec.labels.get(&level.label).cloned().unwrap_or_else(|| level.label.clone()),
                 };
                 let label = match (base.is_empty(), el.is_empty()) {
                     (_, true) => base,
@@ -213,7 +211,7 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &PlotSpec) -> Result<PlotD
         }
         series.push(SeriesData { label: label.clone(), points });
     }
-    let legend = spec.series.is_some() || series.len() > 1;
+    let legend = !spec.series.is_empty() || series.len() > 1;
     Ok(PlotData {
         kind: spec.kind,
         title: spec.title.clone(),
@@ -643,7 +641,8 @@ pub(crate) mod tests {
             kind,
             x: "stage.attack.mix.1.ratio".into(),
             y: "eval.harmful_score".into(),
-            series: Some("stage.align.method".into()),
+            series: vec!["stage.align.method".into()],
+            labels: Default::default(),
             title: None,
             x_label: None,
             y_label: None,
@@ -672,7 +671,7 @@ pub(crate) mod tests {
     #[test]
     fn unknown_plot_key_is_named() {
         let mut s = spec(PlotKind::Line);
-        s.series = Some("stage.align.mthod".into());
+        s.series = vec!["stage.align.mthod".into()];
         let e = build("f", &example_rows(), &s).unwrap_err().to_string();
         assert!(e.contains("plot `f`: series key `stage.align.mthod`"), "{e}");
         assert!(e.contains("did you mean `stage.align.method`"), "{e}");
@@ -730,7 +729,7 @@ pub(crate) mod tests {
         s.filter.insert("stage.align.method".into(), json!("nope"));
         let mut cat = spec(PlotKind::Line);
         cat.x = "stage.align.method".into();
-        cat.series = None;
+        cat.series = Vec::new();
         let mut single = spec(PlotKind::Bar);
         single.filter.insert("stage.align.method".into(), json!("other"));
         for (i, sp) in [s, cat, single].iter().enumerate() {
@@ -744,7 +743,7 @@ pub(crate) mod tests {
         all.push(ok);
         let mut cat = spec(PlotKind::Line);
         cat.x = "stage.align.method".into();
-        cat.series = Some("stage.attack.mix.1.ratio".into());
+        cat.series = vec!["stage.attack.mix.1.ratio".into()];
         let d = build("f", &all, &cat).unwrap();
         assert_eq!(d.categories.as_deref().unwrap(), ["sft", "vaccine", "repnoise", "booster", "other"]);
         assert_eq!(d.series[0].label, "ratio=0");

@@ -12,7 +12,8 @@ use super::{Best, ReportError, RunRow, RunStatus, TableSpec};
 /// Default file stem: `harmful_score_by_method_ratio`.
 pub(crate) fn default_name(t: &TableSpec) -> String {
     let metrics: Vec<&str> = t.value.iter().map(|m| short_key(m)).collect();
-    let mut s = format!("{}_by_{}", metrics.join("_"), short_key(&t.rows));
+    let rows: Vec<&str> = t.rows.iter().map(|k| short_key(k)).collect();
+    let mut s = format!("{}_by_{}", metrics.join("_"), rows.join("_"));
     if let Some(c) = &t.cols {
         s.push('_');
         s.push_str(short_key(c));
@@ -102,7 +103,12 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &TableSpec) -> Result<Tabl
             msg: format!("`best` has {} entries; give one, or one per metric in `value` ({})", spec.best.len(), spec.value.len()),
         });
     }
-    check_param(&what, "rows", &spec.rows, all)?;
+    if spec.rows.is_empty() {
+        return Err(ReportError::Spec { what, msg: "`rows` names no param".into() });
+    }
+    for r in &spec.rows {
+        check_param(&what, "rows", r, all)?;
+    }
     if let Some(c) = &spec.cols {
         check_param(&what, "cols", c, all)?;
     }
@@ -111,21 +117,23 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &TableSpec) -> Result<Tabl
     }
     let runs = apply_filter(&what, all, &spec.filter)?;
 
-    let mut group_keys = vec![spec.rows.as_str()];
+    let mut group_keys: Vec<&str> = spec.rows.iter().map(String::as_str).collect();
     group_keys.extend(spec.cols.as_deref());
     let extras = varying_within(&runs, &group_keys);
     let label_of = |key: &str| spec.labels.get(key).cloned().unwrap_or_else(|| short_key(key).into());
-    let row_header = label_of(&spec.rows);
+    let row_header = spec.rows.iter().map(|k| label_of(k)).collect::<Vec<_>>().join(" + ");
+    let row_level = |r: &RunRow| Level::joint(r, &spec.rows);
 
     // Rows: each value of the rows key, split further by any other param that varies within
     // a cell (so a cell never averages different configurations).
     let mut row_ids: Vec<(String, String, String)> = Vec::new(); // (level canon, extras canon, label)
-    for level in ordered_levels(runs.iter().map(|r| Level::param(r, &spec.rows))) {
-        for r in runs.iter().filter(|r| Level::param(r, &spec.rows).canon == level.canon) {
+    for level in ordered_levels(runs.iter().map(|r| row_level(r))) {
+        for r in runs.iter().filter(|r| row_level(r).canon == level.canon) {
             let ec = extras_canon(r, &extras);
             if !row_ids.iter().any(|(c, e, _)| *c == level.canon && *e == ec) {
                 let el = extras_label(r, &extras);
-                let label = if el.is_empty() { level.label.clone() } else { format!("{} ({el})", level.label) };
+                let value = spec.labels.get(&level.label).cloned().unwrap_or_else(|| level.label.clone());
+                let label = if el.is_empty() { value } else { format!("{value} ({el})") };
                 row_ids.push((level.canon.clone(), ec, label));
             }
         }
@@ -167,8 +175,7 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &TableSpec) -> Result<Tabl
 
     let mut rows = Vec::new();
     for (rc, ec, label) in &row_ids {
-        let in_row: Vec<&RunRow> =
-            runs.iter().copied().filter(|r| Level::param(r, &spec.rows).canon == *rc && extras_canon(r, &extras) == *ec).collect();
+        let in_row: Vec<&RunRow> = runs.iter().copied().filter(|r| row_level(r).canon == *rc && extras_canon(r, &extras) == *ec).collect();
         let mut cells = Vec::with_capacity(columns.len());
         for col in &columns {
             if col.group >= col_levels.len() {
@@ -240,7 +247,7 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &TableSpec) -> Result<Tabl
         match r.status {
             RunStatus::Done => {}
             RunStatus::Failed => {
-                let mut ctx = vec![format!("{row_header}={}", Level::param(r, &spec.rows).label)];
+                let mut ctx = vec![format!("{row_header}={}", row_level(r).label)];
                 if let (Some(c), Some(n)) = (&spec.cols, &col_name) {
                     ctx.push(format!("{n}={}", Level::param(r, c).label));
                 }
@@ -565,7 +572,7 @@ mod tests {
     fn spec(value: &[&str]) -> TableSpec {
         TableSpec {
             name: None,
-            rows: "stage.align.method".into(),
+            rows: vec!["stage.align.method".into()],
             cols: Some("stage.attack.mix.1.ratio".into()),
             value: value.iter().map(|s| s.to_string()).collect(),
             caption: None,
@@ -692,7 +699,7 @@ mod tests {
     #[test]
     fn unknown_keys_name_the_closest() {
         let mut s = spec(&["eval.harmful_score"]);
-        s.rows = "stage.align.methd".into();
+        s.rows = vec!["stage.align.methd".into()];
         let e = build("t", &grid(), &s).unwrap_err().to_string();
         assert!(e.contains("table `t`: rows key `stage.align.methd` is not a param"), "{e}");
         assert!(e.contains("did you mean `stage.align.method`"), "{e}");
@@ -727,5 +734,33 @@ mod tests {
             tex_escape("a_b & 50% #1 {x} ~ ^ \\ $"),
             "a\\_b \\& 50\\% \\#1 \\{x\\} \\textasciitilde{} \\textasciicircum{} \\textbackslash{} \\$"
         );
+    }
+
+    #[test]
+    fn rows_by_two_keys_one_row_per_combination_with_value_labels() {
+        // Lisa is SFT alignment followed by a Lisa fine-tune: the rows need both methods.
+        let mut rows = grid();
+        for r in &mut rows {
+            r.params.insert("stage.attack.method".into(), json!("sft"));
+        }
+        for (i, (p, seed, hs)) in [(0.0, 1, 5.0), (0.0, 2, 7.0), (0.1, 1, 15.0), (0.1, 2, 17.0)].into_iter().enumerate() {
+            let mut r = run(&format!("r1{i}"), "sft", p, seed, hs, 90.0);
+            r.params.insert("stage.attack.method".into(), json!("lisa"));
+            rows.push(r);
+        }
+        let mut s = spec(&["eval.harmful_score"]);
+        s.rows = vec!["stage.align.method".into(), "stage.attack.method".into()];
+        s.labels.insert("sft + lisa".into(), "Lisa".into());
+        assert_eq!(default_name(&s), "harmful_score_by_method_method_ratio");
+        let t = build("t", &rows, &s).unwrap();
+        let labels: Vec<&str> = t.rows.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["sft + sft", "booster + sft", "Lisa"], "in order of first appearance");
+        assert_eq!(t.rows[2].cells[0], Cell::Stats(Stats { mean: 6.0, std: Some(2f64.sqrt()), n: 2 }));
+        assert_eq!(t.rows[0].cells[0], Cell::Stats(Stats { mean: 11.0, std: Some(2f64.sqrt()), n: 2 }));
+        assert!(t.markdown().starts_with("| method + method "), "{}", t.markdown());
+        // With one key the Lisa runs would be split off by the varying param instead.
+        let t = build("t", &rows, &spec(&["eval.harmful_score"])).unwrap();
+        let labels: Vec<&str> = t.rows.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["sft (method=sft)", "sft (method=lisa)", "booster (method=sft)"]);
     }
 }
