@@ -197,9 +197,10 @@ fn booster_table1_plan_shares_the_alignment_stages() {
     let out = run(&["plan", "experiments/booster.toml", "--results", "/nonexistent/booster"]);
     assert!(out.status.success(), "plan works without the GPU box's model and data");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("20 runs"), "{text}");
-    assert!(text.contains("44 stage executions with sharing (60 without)"), "{text}");
-    assert_eq!(text.matches("shared by 5 run(s)").count(), 4, "each alignment stage serves the five attack ratios: {text}");
+    assert!(text.contains("25 runs"), "{text}");
+    assert!(text.contains("54 stage executions with sharing (75 without)"), "{text}");
+    assert_eq!(text.matches("shared by 5 run(s)").count(), 3, "each alignment stage serves the five attack ratios: {text}");
+    assert_eq!(text.matches("shared by 10 run(s)").count(), 1, "SFT's alignment also serves Lisa's five: {text}");
     assert!(text.contains("not available on this machine"), "{text}");
     // The judge model is checked before any compute too, and named with its key.
     assert!(text.contains("model PKU-Alignment/beaver-dam-7b") && text.contains("stage.eval.metrics.0.judge.model"), "{text}");
@@ -281,6 +282,8 @@ fn booster_table1_spec_runs_end_to_end_on_stand_ins() {
         "stage.attack.max_steps=2".into(),
         "stage.attack.batch_size=2".into(),
         "stage.attack.max_len=96".into(),
+        "stage.attack.lisa.alignment_steps=1".into(),
+        "stage.attack.lisa.finetune_steps=1".into(),
         "stage.eval.metrics=[{ metric = \"harmful_score\", data = \"harmful_test\", max_new_tokens = 3, batch_size = 2, \
          judge = { kind = \"classifier\", model = \"tests/fixtures/tiny/llama_seqcls\", max_len = 48 } }, \
          { metric = \"finetune_accuracy\", data = \"sst2_eval\", task = \"sst2\", max_new_tokens = 3, batch_size = 2, name = \"finetune_acc\" }]"
@@ -300,20 +303,21 @@ fn booster_table1_spec_runs_end_to_end_on_stand_ins() {
     let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("44 stages run, 0 reused, 0 failed; 20 of 20 runs done"), "{stdout}");
+    assert!(stdout.contains("54 stages run, 0 reused, 0 failed; 25 of 25 runs done"), "{stdout}");
     let s = summary(&r);
-    assert_eq!(s.lines().count(), 21, "{s}");
+    assert_eq!(s.lines().count(), 26, "{s}");
     assert!(s.lines().skip(1).all(|l| l.contains(",done,")), "{s}");
     assert!(s.lines().next().unwrap().contains("eval.harmful_score_stderr"), "{s}");
     let table = read(&r.join("tables/table1.md"));
-    for method in ["sft", "vaccine", "repnoise", "booster"] {
-        assert!(table.contains(&format!("| {method}")), "{table}");
+    for method in ["SFT", "Lisa", "Vaccine", "RepNoise", "Booster"] {
+        assert!(table.contains(&format!("| {method} ")), "{table}");
     }
     assert!(r.join("figures/harmful_score.png").exists());
     // Only the Booster runs keep training the alignment adapter in the attack (one adapter in
     // the lineage); the others merge it and train a new one on top (two).
     let attacks = stage_dirs(&r, "attack");
-    assert_eq!(attacks.len(), 20);
+    assert_eq!(attacks.len(), 25);
+    assert_eq!(attacks.iter().filter(|d| read(&d.join("stage.toml")).contains("method = \"lisa\"")).count(), 5);
     for d in attacks {
         let lineage: serde_json::Value = serde_json::from_str(&read(&d.join("lineage.json"))).unwrap();
         let single = read(&d.join("stage.toml")).contains("single_lora = true");

@@ -158,6 +158,10 @@ pub struct TableSpec {
     /// Digits after the decimal point.
     #[serde(default = "default_decimals")]
     pub decimals: usize,
+    /// What follows the ± of a cell: `std` (default) or `stderr` (std / sqrt(n), the standard
+    /// error of the mean over seeds).
+    #[serde(default)]
+    pub spread: Spread,
     /// Only runs whose params have these values (e.g. `{ "stage.align.lr" = 5e-4 }`).
     #[serde(default)]
     pub filter: BTreeMap<String, serde_json::Value>,
@@ -166,6 +170,33 @@ pub struct TableSpec {
     /// row values (`"sft + lisa" = "Lisa"`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// The spread a table shows after a mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// Sample standard deviation over the replicates.
+    #[default]
+    Std,
+    /// Standard error of the mean: std / sqrt(n).
+    Stderr,
+}
+
+impl Spread {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Spread::Std => "std",
+            Spread::Stderr => "standard error",
+        }
+    }
+
+    pub fn of(self, std: f64, n: usize) -> f64 {
+        match self {
+            Spread::Std => std,
+            Spread::Stderr => std / (n.max(1) as f64).sqrt(),
+        }
+    }
 }
 
 fn default_best() -> Vec<Best> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::group::{
     apply_filter, check_metric, check_param, extras_canon, extras_label, ordered_levels, short_key, varying_within, Level, Stats,
 };
-use super::{Best, ReportError, RunRow, RunStatus, TableSpec};
+use super::{Best, ReportError, RunRow, RunStatus, Spread, TableSpec};
 
 /// Default file stem: `harmful_score_by_method_ratio`.
 pub(crate) fn default_name(t: &TableSpec) -> String {
@@ -84,6 +84,7 @@ pub(crate) struct Table {
     pub columns: Vec<ColDef>,
     pub rows: Vec<TableRow>,
     pub decimals: usize,
+    pub spread: Spread,
     /// The usual replicate count; cells with another count say so.
     pub common_n: Option<usize>,
     /// Failed runs, one line each.
@@ -121,7 +122,12 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &TableSpec) -> Result<Tabl
     group_keys.extend(spec.cols.as_deref());
     let extras = varying_within(&runs, &group_keys);
     let label_of = |key: &str| spec.labels.get(key).cloned().unwrap_or_else(|| short_key(key).into());
-    let row_header = spec.rows.iter().map(|k| label_of(k)).collect::<Vec<_>>().join(" + ");
+    // Several keys: a label for the keys joined by " + " names the column, else their labels joined.
+    let row_header = spec
+        .labels
+        .get(&spec.rows.join(" + "))
+        .cloned()
+        .unwrap_or_else(|| spec.rows.iter().map(|k| label_of(k)).collect::<Vec<_>>().join(" + "));
     let row_level = |r: &RunRow| Level::joint(r, &spec.rows);
 
     // Rows: each value of the rows key, split further by any other param that varies within
@@ -280,11 +286,23 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &TableSpec) -> Result<Tabl
         if let Some(n) = &col_name {
             let _ = write!(c, " and {n}");
         }
-        c.push_str("; mean ± std over seeds.");
+        let _ = write!(c, "; mean ± {} over seeds.", spec.spread.describe());
         c
     });
 
-    Ok(Table { caption, row_header, groups, metrics, columns, rows, decimals: spec.decimals, common_n, failed, unfinished })
+    Ok(Table {
+        caption,
+        row_header,
+        groups,
+        metrics,
+        columns,
+        rows,
+        decimals: spec.decimals,
+        spread: spec.spread,
+        common_n,
+        failed,
+        unfinished,
+    })
 }
 
 /// Display names of the value metrics: the `labels` entry, else the key's last segment; with
@@ -352,7 +370,7 @@ impl Table {
             Cell::Avg(m) => (format!("{m:.d$}"), String::new()),
             Cell::Stats(s) => {
                 let body = match s.std {
-                    Some(sd) => format!("{:.d$}{pm}{sd:.d$}", s.mean),
+                    Some(sd) => format!("{:.d$}{pm}{:.d$}", s.mean, self.spread.of(sd, s.n)),
                     None => format!("{:.d$}", s.mean),
                 };
                 let note = match self.common_n {
@@ -581,6 +599,7 @@ mod tests {
             decimals: 2,
             filter: Default::default(),
             labels: Default::default(),
+            spread: Default::default(),
         }
     }
 
@@ -758,9 +777,22 @@ mod tests {
         assert_eq!(t.rows[2].cells[0], Cell::Stats(Stats { mean: 6.0, std: Some(2f64.sqrt()), n: 2 }));
         assert_eq!(t.rows[0].cells[0], Cell::Stats(Stats { mean: 11.0, std: Some(2f64.sqrt()), n: 2 }));
         assert!(t.markdown().starts_with("| method + method "), "{}", t.markdown());
+        s.labels.insert("stage.align.method + stage.attack.method".into(), "defense".into());
+        assert!(build("t", &rows, &s).unwrap().markdown().starts_with("| defense "));
         // With one key the Lisa runs would be split off by the varying param instead.
         let t = build("t", &rows, &spec(&["eval.harmful_score"])).unwrap();
         let labels: Vec<&str> = t.rows.iter().map(|r| r.label.as_str()).collect();
         assert_eq!(labels, ["sft (method=sft)", "sft (method=lisa)", "booster (method=sft)"]);
+    }
+
+    #[test]
+    fn stderr_spread_divides_the_std_by_sqrt_n() {
+        let mut s = spec(&["eval.harmful_score"]);
+        s.spread = Spread::Stderr;
+        let t = build("t", &grid(), &s).unwrap();
+        let md = t.markdown();
+        // sft p=0.1: 32 ± 2.83 (std) -> 2.83 / sqrt(2) = 2.00.
+        assert!(md.contains("32.00 ± 2.00"), "{md}");
+        assert!(md.contains("mean ± standard error over seeds"), "{md}");
     }
 }

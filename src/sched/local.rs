@@ -48,6 +48,9 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
     }
     let slots: Vec<DeviceSlot> = opts.devices.iter().flat_map(|d| std::iter::repeat_n(d.clone(), opts.jobs_per_device.max(1))).collect();
     let mut free: Vec<bool> = vec![true; slots.len()];
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu_slots = slots.iter().filter(|s| matches!(s, DeviceSlot::Cpu)).count();
+    let cpu_threads = threads_per_cpu_job(cores, cpu_slots, std::env::var_os("RAYON_NUM_THREADS").is_some());
     let mut outcome = Outcome::default();
     let mut done: HashSet<String> = HashSet::new();
     let mut failed: HashSet<String> = HashSet::new();
@@ -119,7 +122,7 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
             let dir = results.stage_dir(&id);
             let previous = StageStatus::read(&dir)?;
             let attempt = previous.attempt + 1;
-            let child = spawn(&opts.exe, &dir, &slots[slot], attempt)?;
+            let child = spawn(&opts.exe, &dir, &slots[slot], attempt, cpu_threads)?;
             free[slot] = false;
             progress.started(&id, &slots[slot]);
             running.insert(id, Running { child, slot, attempt });
@@ -171,14 +174,27 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
     Ok(outcome)
 }
 
-fn spawn(exe: &Path, dir: &Path, slot: &DeviceSlot, attempt: u32) -> Result<Child, StoreError> {
+/// Threads for each CPU stage when several share the CPU (`--jobs-per-device N` on `cpu`): the
+/// cores split evenly, so that N stages do not each start a pool as large as the machine and
+/// contend for it. `None` leaves the default (all cores), also when the user set
+/// `RAYON_NUM_THREADS` themselves.
+pub fn threads_per_cpu_job(cores: usize, cpu_slots: usize, user_set: bool) -> Option<usize> {
+    (cpu_slots > 1 && !user_set).then(|| (cores / cpu_slots).max(1))
+}
+
+fn spawn(exe: &Path, dir: &Path, slot: &DeviceSlot, attempt: u32, cpu_threads: Option<usize>) -> Result<Child, StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
     let stderr_path = crate::store::StageDir::new(dir).stderr();
     let stderr = std::fs::File::create(&stderr_path).map_err(|e| StoreError::io(&stderr_path, e))?;
     let mut cmd = Command::new(exe);
     cmd.arg("exec").arg(dir).env("RUNNER_ATTEMPT", attempt.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
     match slot {
-        DeviceSlot::Cpu => cmd.env("CUDA_VISIBLE_DEVICES", "").env("RUNNER_DEVICE", "cpu"),
+        DeviceSlot::Cpu => {
+            if let Some(n) = cpu_threads {
+                cmd.env("RAYON_NUM_THREADS", n.to_string());
+            }
+            cmd.env("CUDA_VISIBLE_DEVICES", "").env("RUNNER_DEVICE", "cpu")
+        }
         DeviceSlot::Cuda(i) => cmd.env("CUDA_VISIBLE_DEVICES", i).env("RUNNER_DEVICE", "cuda"),
     };
     // A child of its own process group does not receive the terminal's Ctrl-C directly; the
@@ -246,4 +262,18 @@ fn interrupt(running: &mut BTreeMap<String, Running>, results: &ResultsDir) -> R
     }
     running.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threads_per_cpu_job;
+
+    #[test]
+    fn cpu_jobs_share_the_cores() {
+        assert_eq!(threads_per_cpu_job(2, 1, false), None, "one job keeps every core");
+        assert_eq!(threads_per_cpu_job(2, 2, false), Some(1));
+        assert_eq!(threads_per_cpu_job(16, 3, false), Some(5));
+        assert_eq!(threads_per_cpu_job(2, 4, false), Some(1), "never zero");
+        assert_eq!(threads_per_cpu_job(2, 2, true), None, "the user's RAYON_NUM_THREADS wins");
+    }
 }
