@@ -111,11 +111,13 @@ fn check_spec(spec: &str) -> usize {
         let stages: Vec<&PlannedStage> = run.stages.iter().map(|id| plan.stage(id).unwrap()).collect();
         let by_name = |n: &str| *stages.iter().find(|s| s.config.name == n).unwrap_or_else(|| panic!("{spec}: no stage {n}"));
         let (align, attack, eval) = (by_name("align"), by_name("attack"), by_name("eval"));
-        let attack_data: Vec<Read> = mix_datasets(attack).iter().map(|n| read(attack, n)).collect();
+        // Each dataset a stage reads is loaded once: the attack's mix is a part of what it reads.
+        let attack_reads: Vec<Read> = all_datasets(attack).iter().map(|n| read(attack, n)).collect();
+        let mix = mix_datasets(attack);
+        let attack_data: Vec<&Read> = attack_reads.iter().filter(|r| mix.contains(&r.dataset)).collect();
         assert!(!attack_data.is_empty(), "{spec}: the attack reads a mix");
         let defense: Vec<Read> = all_datasets(align).iter().map(|n| read(align, n)).collect();
-        let trained: Vec<Read> =
-            all_datasets(attack).iter().map(|n| read(attack, n)).chain(all_datasets(align).iter().map(|n| read(align, n))).collect();
+        let trained: Vec<&Read> = attack_reads.iter().chain(&defense).collect();
         for a in &attack_data {
             for d in &defense {
                 assert_disjoint(spec, "attack vs alignment data", a, d, Unit::Examples);
