@@ -47,6 +47,11 @@ impl Level {
         Level::of(row.params.get(key))
     }
 
+    /// How the level is printed, under its display name when `labels` gives one.
+    pub fn display(&self, labels: &BTreeMap<String, String>) -> String {
+        labels.get(&self.label).cloned().unwrap_or_else(|| self.label.clone())
+    }
+
     /// The level of a run under several keys at once (one row per combination of their
     /// values): labels joined by " + ". One key is its plain level.
     pub fn joint(row: &RunRow, keys: &[String]) -> Level {

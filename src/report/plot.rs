@@ -178,7 +178,7 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &PlotSpec) -> Result<PlotD
                 let base = match spec.series.as_slice() {
                     [] => String::new(),
                     [k] if level.num.is_some() || level.canon.starts_with("b:") => format!("{}={}", short_key(k), level.label),
-                    _ => spec.labels.get(&level.label).cloned().unwrap_or_else(|| level.label.clone()),
+                    _ => level.display(&spec.labels),
                 };
                 let label = match (base.is_empty(), el.is_empty()) {
                     (_, true) => base,

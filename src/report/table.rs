@@ -138,7 +138,7 @@ pub(crate) fn build(name: &str, all: &[RunRow], spec: &TableSpec) -> Result<Tabl
             let ec = extras_canon(r, &extras);
             if !row_ids.iter().any(|(c, e, _)| *c == level.canon && *e == ec) {
                 let el = extras_label(r, &extras);
-                let value = spec.labels.get(&level.label).cloned().unwrap_or_else(|| level.label.clone());
+                let value = level.display(&spec.labels);
                 let label = if el.is_empty() { value } else { format!("{value} ({el})") };
                 row_ids.push((level.canon.clone(), ec, label));
             }
