@@ -10,6 +10,7 @@
 //! | `harmful_score` | prompts | (`harmful_score`) `<p>`, `<p>_plus` (HS+: flagged or incoherent) |
 //! | `finetune_accuracy` | instructions | (`finetune_acc`) `<p>` |
 //! | `diversity_fluency` | prompts / instructions | (`text`) `<p>_distinct_1`, `<p>_distinct_2`, `<p>_fluency_nll`, `<p>_fluency_ppl` |
+//! | `similarity_rougel` | prompts / instructions | (`similarity`) `<p>_rouge_l`: mean ROUGE-L F1 between the model's and the original model's greedy answers |
 //!
 //! Every value of the log-likelihood and text metrics, the harmful score, the fine-tune accuracy
 //! and a judge's accuracy has a bootstrap `<value>_stderr`
@@ -51,6 +52,7 @@ pub enum MetricSpec {
     Hhh(HhhOptions),
     Bbq(BbqOptions),
     DiversityFluency(DiversityFluencyOptions),
+    SimilarityRougel(SimilarityOptions),
 }
 
 /// `multiple_choice`: log-likelihood multiple choice as lm-eval.
@@ -204,6 +206,28 @@ pub struct DiversityFluencyOptions {
     pub max_length: Option<usize>,
 }
 
+/// `similarity_rougel`: how close the model's answers stay to the original model's (LLM
+/// unlearning's "similarity to original" on normal prompts). The paper's measure is not released
+/// (BLEURT-like, METHODS_ADDENDUM A2); this is a documented stand-in: the mean ROUGE-L F1
+/// (`rouge-score`'s, no stemming) between the two models' greedy answers, in [0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarityOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The original model (path or hub id): its answers are the reference texts.
+    pub reference_model: String,
+    #[serde(default)]
+    pub prompt_format: PromptFormat,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
+}
+
 fn default_batch_size() -> usize {
     8
 }
@@ -231,6 +255,8 @@ pub enum MetricKind {
     Bbq,
     /// Distinct-1/2 and fluency (NLL, perplexity under a reference model) of generated outputs.
     DiversityFluency,
+    /// ROUGE-L between the model's and the original model's answers.
+    SimilarityRougel,
 }
 
 impl MetricKind {
@@ -245,6 +271,7 @@ impl MetricKind {
             MetricKind::Hhh => "hhh",
             MetricKind::Bbq => "bbq",
             MetricKind::DiversityFluency => "diversity_fluency",
+            MetricKind::SimilarityRougel => "similarity_rougel",
         }
     }
 
@@ -257,7 +284,12 @@ impl MetricKind {
             MetricKind::HarmfulScore => 3,
             // 2: the Alpaca response cut, as harmful_score 3.
             MetricKind::FinetuneAccuracy | MetricKind::DiversityFluency => 2,
-            MetricKind::MultipleChoice | MetricKind::JudgeAccuracy | MetricKind::TruthfulqaMc | MetricKind::Hhh | MetricKind::Bbq => 1,
+            MetricKind::MultipleChoice
+            | MetricKind::JudgeAccuracy
+            | MetricKind::TruthfulqaMc
+            | MetricKind::Hhh
+            | MetricKind::Bbq
+            | MetricKind::SimilarityRougel => 1,
         }
     }
 }
@@ -360,6 +392,7 @@ impl MetricSpec {
             MetricSpec::Hhh(_) => MetricKind::Hhh,
             MetricSpec::Bbq(_) => MetricKind::Bbq,
             MetricSpec::DiversityFluency(_) => MetricKind::DiversityFluency,
+            MetricSpec::SimilarityRougel(_) => MetricKind::SimilarityRougel,
         }
     }
 
@@ -374,6 +407,7 @@ impl MetricSpec {
             MetricSpec::Hhh(o) => &o.data,
             MetricSpec::Bbq(o) => &o.data,
             MetricSpec::DiversityFluency(o) => &o.data,
+            MetricSpec::SimilarityRougel(o) => &o.data,
         }
     }
 
@@ -387,6 +421,7 @@ impl MetricSpec {
             MetricSpec::Hhh(o) => o.name.as_deref(),
             MetricSpec::Bbq(o) => o.name.as_deref(),
             MetricSpec::DiversityFluency(o) => o.name.as_deref(),
+            MetricSpec::SimilarityRougel(o) => o.name.as_deref(),
         }
     }
 
@@ -403,6 +438,7 @@ impl MetricSpec {
     pub fn reference_model(&self) -> Option<&str> {
         match self {
             MetricSpec::DiversityFluency(o) => o.reference_model.as_deref(),
+            MetricSpec::SimilarityRougel(o) => Some(&o.reference_model),
             _ => None,
         }
     }
@@ -430,7 +466,10 @@ impl MetricSpec {
                 let (min, why) = if dromedary { (259, " (Dromedary needs (max_length - 256) // 3 > 0)") } else { (1, "") };
                 check_max_length(o.max_length, min, why)?;
             }
-            MetricSpec::HarmfulScore(_) | MetricSpec::FinetuneAccuracy(_) | MetricSpec::JudgeAccuracy(_) => {}
+            MetricSpec::HarmfulScore(_)
+            | MetricSpec::FinetuneAccuracy(_)
+            | MetricSpec::JudgeAccuracy(_)
+            | MetricSpec::SimilarityRougel(_) => {}
         }
         if let Some(j) = self.judge() {
             j.check().map_err(|(key, msg)| (format!("judge.{key}"), msg))?;
@@ -449,6 +488,7 @@ impl MetricSpec {
                 MetricKind::Hhh => "hhh",
                 MetricKind::Bbq => "bbq",
                 MetricKind::DiversityFluency => "text",
+                MetricKind::SimilarityRougel => "similarity",
             }
             .to_string()
         })
@@ -478,6 +518,7 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
         MetricSpec::Hhh(o) => scored(benchmarks::run_hhh(o, lm, data, &prefix)?),
         MetricSpec::Bbq(o) => scored(benchmarks::run_bbq(o, lm, data, &prefix)?),
         MetricSpec::DiversityFluency(o) => scored(text_metrics::run(o, lm, data, &prefix)?),
+        MetricSpec::SimilarityRougel(o) => scored(text_metrics::run_similarity(o, lm, data, &prefix)?),
         MetricSpec::HarmfulScore(o) => {
             let judge = o.judge.build(env)?;
             let items = generation::instructions(data)?;

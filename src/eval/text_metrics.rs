@@ -17,7 +17,7 @@ use super::benchmarks::Output;
 use super::generation::{instructions, GenerationSetup};
 use super::multiple_choice::{is_py_space, prefix_token_id};
 use super::stats::Values;
-use super::DiversityFluencyOptions;
+use super::{DiversityFluencyOptions, SimilarityOptions};
 use crate::data::Dataset;
 use crate::model::{load, score_continuations, CausalLm, LoadOptions, LoadedModel, Result, TextTokenizer};
 
@@ -134,6 +134,50 @@ pub fn run(spec: &DiversityFluencyOptions, lm: &LoadedModel, data: &Dataset, pre
             tokens: t,
             nll: (t > 0).then(|| -s / t as f64),
         })
+        .collect();
+    Ok((values, records.iter().map(|r| serde_json::to_value(r).expect("record serializes")).collect()))
+}
+
+/// Greedy answers of `lm` to the dataset's prompts: (prompts, answers).
+fn greedy_answers(
+    lm: &LoadedModel,
+    data: &Dataset,
+    format: super::PromptFormat,
+    prefill: Option<String>,
+    max_new_tokens: usize,
+    batch_size: usize,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let items = instructions(data)?;
+    let (conversations, generator) =
+        GenerationSetup::greedy(format, prefill, max_new_tokens, batch_size, &Default::default()).prepare(lm, data.template(), &items)?;
+    Ok(generator.generate(&conversations)?.into_iter().map(|r| (r.prompt, r.text)).unzip())
+}
+
+#[derive(Serialize)]
+pub struct SimilarityRecord {
+    pub prompt: String,
+    pub response: String,
+    pub original_response: String,
+    pub rouge_l: f64,
+}
+
+/// `metric = "similarity_rougel"`: the model's and the original model's greedy answers to the
+/// same prompts, and `<p>_rouge_l`, their mean ROUGE-L F1 (the original's answer as the target).
+pub fn run_similarity(spec: &SimilarityOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
+    let (prompts, responses) = greedy_answers(lm, data, spec.prompt_format, spec.prefill.clone(), spec.max_new_tokens, spec.batch_size)?;
+    let opts = LoadOptions { device: lm.model.device.clone(), dtype: lm.model.dtype, trainable: false };
+    let original = load(&spec.reference_model, &opts)?;
+    let (_, originals) = greedy_answers(&original, data, spec.prompt_format, spec.prefill.clone(), spec.max_new_tokens, spec.batch_size)?;
+    let scores: Vec<f64> = originals.iter().zip(&responses).map(|(o, r)| crate::data::filter::rouge_l(o, r)).collect();
+    let mut values = BTreeMap::new();
+    let mut v = Values { map: &mut values, prefix };
+    v.put_mean("rouge_l", &scores, 1.0);
+    let records: Vec<SimilarityRecord> = prompts
+        .into_iter()
+        .zip(responses)
+        .zip(originals)
+        .zip(&scores)
+        .map(|(((prompt, response), original_response), &rouge_l)| SimilarityRecord { prompt, response, original_response, rouge_l })
         .collect();
     Ok((values, records.iter().map(|r| serde_json::to_value(r).expect("record serializes")).collect()))
 }

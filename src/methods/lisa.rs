@@ -20,7 +20,7 @@ use super::sft::TrainParams;
 use crate::model::{CausalLm, ForwardOptions, Result};
 use crate::plan::ParamError;
 use crate::spec::StageKind;
-use crate::stage::{AdapterMode, Metrics, StageContext, StageError};
+use crate::stage::{Metrics, StageContext, StageError};
 use crate::train::{accumulate, lm_loss, EpochBatches, Example, GradientRule, Gradients, Order, Stream, TrainBatch};
 
 /// `lisa = { ... }`.
@@ -207,14 +207,13 @@ impl super::TypedMethod for Lisa {
 
     fn run(ctx: &StageContext, p: &Self::Params) -> std::result::Result<Metrics, StageError> {
         let (optim, tp, lp) = (&p.optim, &p.params, &p.options);
-        let lora = super::sft::lora_config(ctx)?;
-        let mode = if tp.single_lora { AdapterMode::ContinueLast } else { AdapterMode::NewAdapter(lora.clone()) };
-        let lm = ctx.load_model(mode)?;
+        let trainee = super::sft::Trainee::load(ctx, tp.finetune, tp.single_lora)?;
+        let lm = &trainee.lm;
         let (items, template) = super::sft::training_items(ctx, tp)?;
         let examples =
-            super::sft::tokenize_pairs(&lm.tokenizer, &super::sft::render_pairs(&lm, &template, &items, tp.prompt_format)?, optim.max_len)?;
+            super::sft::tokenize_pairs(&lm.tokenizer, &super::sft::render_pairs(lm, &template, &items, tp.prompt_format)?, optim.max_len)?;
         let guide = ctx.dataset(&lp.alignment)?;
-        let guide_pairs = super::sft::render_pairs(&lm, guide.template(), guide.as_instructions()?, tp.prompt_format)?;
+        let guide_pairs = super::sft::render_pairs(lm, guide.template(), guide.as_instructions()?, tp.prompt_format)?;
         let mut guide_examples = super::sft::tokenize_pairs(&lm.tokenizer, &guide_pairs, optim.max_len)?;
         guide_examples.retain(super::sft::has_target);
         let cfg = optim.trainer(ctx.config.seed);
@@ -222,8 +221,8 @@ impl super::TypedMethod for Lisa {
         let stream = Stream::new(guide_examples, optim.batch_size, Order::Shuffled, ctx.config.seed.wrapping_add(31));
         let params = lm.model.trainable_params();
         let mut rule = LisaRule::new(&params, stream, lp, total_ticks).map_err(crate::model::ModelError::from)?;
-        let summary = super::sft::train_logged(ctx, &lm, &mut EpochBatches::new(&examples, &cfg), optim, &mut rule)?;
-        ctx.save_adapter(&lm, &lora, tp.single_lora)?;
+        let summary = super::sft::train_logged(ctx, lm, &mut EpochBatches::new(&examples, &cfg), optim, &mut rule)?;
+        trainee.save(ctx)?;
         let aligned = rule.history.iter().filter(|p| **p == Phase::Alignment).count();
         Ok(Metrics::from([
             ("train_loss".to_string(), summary.final_loss),

@@ -9,6 +9,8 @@
 //! | train | vaccine | `vaccine.rs` |
 //! | train | repnoise | `repnoise.rs` |
 //! | train | lisa | `lisa.rs` (a fine-tune-stage defense) |
+//! | train | unlearn | `unlearn.rs` (gradient ascent, random mismatch, KL to the original) |
+//! | train | dpo | `dpo.rs` |
 //! | train | classifier | `classifier.rs` (a safe/unsafe judge) |
 //! | generate | respond | `respond.rs` |
 //! | generate | filter | `filter.rs` |
@@ -20,6 +22,7 @@
 
 pub mod booster;
 pub mod classifier;
+pub mod dpo;
 pub mod evaluate;
 pub mod filter;
 pub mod lisa;
@@ -27,6 +30,7 @@ pub mod params;
 pub mod repnoise;
 pub mod respond;
 pub mod sft;
+pub mod unlearn;
 pub mod vaccine;
 
 use std::collections::BTreeMap;
@@ -113,6 +117,8 @@ pub static METHODS: &[&dyn Method] = &[
     &vaccine::Vaccine,
     &repnoise::RepNoise,
     &lisa::Lisa,
+    &unlearn::Unlearn,
+    &dpo::Dpo,
     &classifier::Classifier,
     &respond::Respond,
     &filter::Filter,

@@ -256,12 +256,10 @@ impl super::TypedMethod for RepNoise {
         let harmful_items = harmful.as_instructions()?.to_vec();
         let (align_items, align_template) = super::sft::training_items(ctx, tp)?;
         let seed = ctx.config.seed.wrapping_add(29);
-        let lora = super::sft::lora_config(ctx)?;
-        let mode =
-            if tp.single_lora { crate::stage::AdapterMode::ContinueLast } else { crate::stage::AdapterMode::NewAdapter(lora.clone()) };
-        let lm = ctx.load_model(mode)?;
+        let trainee = super::sft::Trainee::load(ctx, tp.finetune, tp.single_lora)?;
+        let lm = &trainee.lm;
         let tokenize = |items: &[crate::data::Instruction], template: &crate::data::Template| {
-            super::sft::tokenize_pairs(&lm.tokenizer, &super::sft::render_pairs(&lm, template, items, tp.prompt_format)?, optim.max_len)
+            super::sft::tokenize_pairs(&lm.tokenizer, &super::sft::render_pairs(lm, template, items, tp.prompt_format)?, optim.max_len)
         };
         let cfg = optim.trainer(ctx.config.seed);
         let (summary, n) = match rp.harmful_batch {
@@ -293,7 +291,7 @@ impl super::TypedMethod for RepNoise {
                     )));
                 }
                 let mut rule = RepNoiseRule::new(rp.alpha, rp.beta, seed);
-                (super::sft::train_logged(ctx, &lm, &mut EpochBatches::new(&pairs, &cfg), optim, &mut rule)?, pairs.len())
+                (super::sft::train_logged(ctx, lm, &mut EpochBatches::new(&pairs, &cfg), optim, &mut rule)?, pairs.len())
             }
             HarmfulBatch::Independent => {
                 let mut safe = tokenize(&align_items, &align_template)?;
@@ -304,10 +302,10 @@ impl super::TypedMethod for RepNoise {
                     return Err(err(format!("no harmful example keeps a response token within max_len = {}", optim.max_len)));
                 }
                 let mut rule = RepNoiseRule::independent(bad, optim.batch_size, rp.alpha, rp.beta, seed);
-                (super::sft::train_logged(ctx, &lm, &mut EpochBatches::new(&safe, &cfg), optim, &mut rule)?, safe.len())
+                (super::sft::train_logged(ctx, lm, &mut EpochBatches::new(&safe, &cfg), optim, &mut rule)?, safe.len())
             }
         };
-        ctx.save_adapter(&lm, &lora, tp.single_lora)?;
+        trainee.save(ctx)?;
         Ok(std::collections::BTreeMap::from([
             ("train_loss".to_string(), summary.final_loss),
             ("train_steps".to_string(), summary.steps as f64),

@@ -61,6 +61,60 @@ pub struct TrainParams {
     /// Keep training the previous stage's adapter instead of merging it and adding a new one.
     #[serde(default)]
     pub single_lora: bool,
+    /// What trains: a LoRA adapter (`[model.lora]`) or every weight.
+    #[serde(default)]
+    pub finetune: Finetune,
+}
+
+/// What a train stage trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finetune {
+    /// A LoRA adapter as `[model.lora]` configures it (new, or the previous one continued).
+    #[default]
+    Lora,
+    /// Every weight of the model (f32 optimizer state); the stage saves the full weights in HF
+    /// safetensors layout and later stages start from them.
+    Full,
+}
+
+/// The model a train stage trains, and what it saves at the end.
+pub struct Trainee {
+    pub lm: LoadedModel,
+    /// The adapter's configuration; `None` under full fine-tuning.
+    lora: Option<LoraConfig>,
+    continued: bool,
+}
+
+impl Trainee {
+    /// Loads the stage's model for training: every weight (`full`), the previous adapter
+    /// continued (`single_lora`) or a new adapter.
+    pub fn load(ctx: &StageContext, finetune: Finetune, single_lora: bool) -> Result<Self, StageError> {
+        match finetune {
+            Finetune::Full if single_lora => Err(StageError::Method(format!(
+                "stage {}: `single_lora` continues an adapter; it cannot go with finetune = \"full\"",
+                ctx.config.name
+            ))),
+            Finetune::Full => Ok(Self { lm: ctx.load_model(AdapterMode::Full)?, lora: None, continued: false }),
+            Finetune::Lora => {
+                let lora = lora_config(ctx)?;
+                let mode = if single_lora { AdapterMode::ContinueLast } else { AdapterMode::NewAdapter(lora.clone()) };
+                Ok(Self { lm: ctx.load_model(mode)?, lora: Some(lora), continued: single_lora })
+            }
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.lora.is_none()
+    }
+
+    /// Saves what trained (the adapter, or every weight) and the lineage later stages load.
+    pub fn save(&self, ctx: &StageContext) -> Result<(), StageError> {
+        match &self.lora {
+            Some(cfg) => ctx.save_adapter(&self.lm, cfg, self.continued),
+            None => ctx.save_full_weights(&self.lm),
+        }
+    }
 }
 
 /// The `sft` method: plain supervised fine-tuning.
@@ -73,7 +127,12 @@ impl super::TypedMethod for Sft {
     const CHANGES_MODEL: bool = true;
     type Params = Trained<TrainParams>;
     fn run(ctx: &StageContext, p: &Self::Params) -> Result<Metrics, StageError> {
-        run_with(ctx, &p.optim, &p.params, &|_| Ok(Box::new(PlainSft)))
+        let mut metrics = run_with(ctx, &p.optim, &p.params, &|_| Ok(Box::new(PlainSft)))?;
+        // One forward and one backward pass over every training token.
+        let tokens = metrics["train_tokens"];
+        metrics.insert("compute_forward_tokens".into(), tokens);
+        metrics.insert("compute_backward_tokens".into(), tokens);
+        Ok(metrics)
     }
 }
 
@@ -106,6 +165,9 @@ impl Validate for TrainParams {
         }
         if self.samples == Some(0) {
             return err("samples", "must be at least 1");
+        }
+        if self.single_lora && self.finetune == Finetune::Full {
+            return err("finetune", "`single_lora` continues an adapter: it cannot go with finetune = \"full\"");
         }
         Ok(())
     }
@@ -194,10 +256,12 @@ pub fn has_target(e: &Example) -> bool {
 }
 
 pub fn lora_config(ctx: &StageContext) -> Result<LoraConfig, StageError> {
-    let l =
-        ctx.config.model.lora.as_ref().ok_or_else(|| {
-            StageError::Method("train stages need [model.lora] (full fine-tuning is not available as a stage yet)".into())
-        })?;
+    let l = ctx.config.model.lora.as_ref().ok_or_else(|| {
+        StageError::Method(format!(
+            "stage {}: LoRA training needs [model.lora] (or finetune = \"full\" to train every weight)",
+            ctx.config.name
+        ))
+    })?;
     Ok(LoraConfig { r: l.r, alpha: l.alpha, dropout: l.dropout, target_modules: l.targets.clone(), layers_to_transform: l.layers.clone() })
 }
 
@@ -209,19 +273,19 @@ pub fn run_with(
     p: &TrainParams,
     make_rule: &dyn Fn(&LoadedModel) -> Result<Box<dyn train::GradientRule>, StageError>,
 ) -> Result<Metrics, StageError> {
-    let lora = lora_config(ctx)?;
-    let mode = if p.single_lora { AdapterMode::ContinueLast } else { AdapterMode::NewAdapter(lora.clone()) };
-    let lm = ctx.load_model(mode)?;
+    let trainee = Trainee::load(ctx, p.finetune, p.single_lora)?;
+    let lm = &trainee.lm;
     let (items, template) = training_items(ctx, p)?;
-    let pairs = render_pairs(&lm, &template, &items, p.prompt_format)?;
+    let pairs = render_pairs(lm, &template, &items, p.prompt_format)?;
     let examples = tokenize_pairs(&lm.tokenizer, &pairs, optim.max_len)?;
-    let mut rule = make_rule(&lm)?;
-    let summary = train_logged(ctx, &lm, &mut EpochBatches::new(&examples, &optim.trainer(ctx.config.seed)), optim, rule.as_mut())?;
-    ctx.save_adapter(&lm, &lora, p.single_lora)?;
+    let mut rule = make_rule(lm)?;
+    let summary = train_logged(ctx, lm, &mut EpochBatches::new(&examples, &optim.trainer(ctx.config.seed)), optim, rule.as_mut())?;
+    trainee.save(ctx)?;
     Ok(BTreeMap::from([
         ("train_loss".to_string(), summary.final_loss),
         ("train_steps".to_string(), summary.steps as f64),
         ("train_examples".to_string(), examples.len() as f64),
+        ("train_tokens".to_string(), summary.tokens as f64),
     ]))
 }
 

@@ -59,6 +59,9 @@ pub struct CausalLm {
     inv_freq: Tensor,
     /// Base weights registered as trainable (full fine-tuning); empty for a frozen base.
     full_params: Vec<(String, Var)>,
+    /// Every base weight under its HF name, as loaded (merged adapters included): what
+    /// [`Self::named_weights`] saves. A tied output head is not listed (it is the embedding).
+    base_weights: Vec<(String, Tensor)>,
 }
 
 /// Collects tensors, turning them into `Var`s when the whole model is trainable.
@@ -66,6 +69,7 @@ struct Builder<'a> {
     w: Weights<'a>,
     trainable: bool,
     params: Vec<(String, Var)>,
+    loaded: Vec<(String, Tensor)>,
 }
 
 impl Builder<'_> {
@@ -74,14 +78,16 @@ impl Builder<'_> {
         self.register(name, t)
     }
     fn register(&mut self, name: &str, t: Tensor) -> Result<Tensor> {
-        if self.trainable {
+        let t = if self.trainable {
             let var = Var::from_tensor(&t)?;
             let t = var.as_tensor().clone();
             self.params.push((name.to_string(), var));
-            Ok(t)
+            t
         } else {
-            Ok(t)
-        }
+            t
+        };
+        self.loaded.push((name.to_string(), t.clone()));
+        Ok(t)
     }
     fn linear(&mut self, module: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let weight = self.tensor(&format!("{module}.weight"), &[out, inp])?;
@@ -102,7 +108,7 @@ impl CausalLm {
     pub fn load(config: ModelConfig, weights: Weights, trainable: bool) -> Result<Self> {
         let device = weights.device.clone();
         let dtype = weights.dtype;
-        let mut b = Builder { w: weights, trainable, params: Vec::new() };
+        let mut b = Builder { w: weights, trainable, params: Vec::new(), loaded: Vec::new() };
         let c = &config;
         let (h, v, inter) = (c.hidden_size, c.vocab_size, c.intermediate_size);
         let (q_dim, kv_dim) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
@@ -159,7 +165,7 @@ impl CausalLm {
             }
         };
         let inv_freq = Tensor::new(config.inv_freq(), &device)?;
-        Ok(Self { config, device, dtype, embed, blocks, final_norm, lm_head, inv_freq, full_params: b.params })
+        Ok(Self { config, device, dtype, embed, blocks, final_norm, lm_head, inv_freq, full_params: b.params, base_weights: b.loaded })
     }
 
     pub fn num_layers(&self) -> usize {
@@ -358,9 +364,37 @@ impl CausalLm {
 
     /// Folds every adapter into its base weight (inference speed; PEFT's `merge_and_unload`).
     pub fn merge_adapters(&mut self) -> Result<()> {
+        let mut merged = Vec::new();
         for l in self.linears_mut() {
-            l.merge_lora()?;
+            if l.lora.is_some() {
+                l.merge_lora()?;
+                merged.push((format!("{}.weight", l.name), l.weight.clone()));
+            }
+        }
+        for (name, weight) in merged {
+            match self.base_weights.iter_mut().find(|(n, _)| *n == name) {
+                Some(entry) => entry.1 = weight,
+                // An adapter on a tied head unties it.
+                None => self.base_weights.push((name, weight)),
+            }
         }
         Ok(())
+    }
+
+    /// Every base weight under its HF name (adapters merged so far included; unmerged adapters
+    /// not): the model's checkpoint in HF safetensors layout.
+    pub fn named_weights(&self) -> &[(String, Tensor)] {
+        &self.base_weights
+    }
+
+    /// The same model with every base weight trainable (full fine-tuning), built from the
+    /// current weights (merged adapters included). Unmerged adapters are refused: they would be
+    /// lost.
+    pub fn to_trainable(&self) -> Result<CausalLm> {
+        if self.linears().iter().any(|l| l.lora.is_some()) {
+            return Err(super::ModelError::Input("merge or drop the LoRA adapters before making every weight trainable".into()));
+        }
+        let source = super::weights::TensorSource::new(&self.base_weights);
+        CausalLm::load(self.config.clone(), Weights { source: &source, device: self.device.clone(), dtype: self.dtype }, true)
     }
 }

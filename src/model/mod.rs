@@ -33,6 +33,7 @@ pub use tokenizer::TextTokenizer;
 
 use candle_core::{DType, Device};
 use hub::ModelLocation;
+pub use weights::save_safetensors;
 use weights::{SafetensorsSource, WeightSource, Weights};
 
 /// How to place a model.
@@ -60,22 +61,41 @@ pub struct LoadedModel {
 
 /// Loads a model from a directory, a `.gguf` file or a hub id in the local HF cache.
 pub fn load(reference: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    load_from(reference, None, opts)
+}
+
+/// Loads a model's configuration and tokenizer from `reference` and its weights from the
+/// safetensors checkpoint `weights` (HF names; a full fine-tuning stage's output), which must
+/// hold every tensor the configuration asks for.
+pub fn load_with_weights(reference: &str, weights: &std::path::Path, opts: &LoadOptions) -> Result<LoadedModel> {
+    load_from(reference, Some(weights), opts)
+}
+
+fn load_from(reference: &str, weights: Option<&std::path::Path>, opts: &LoadOptions) -> Result<LoadedModel> {
     let location = hub::resolve(reference)?;
+    let replaced = weights.map(SafetensorsSource::open).transpose()?;
     let (model, tokenizer) = match &location {
         ModelLocation::HfDir(dir) => {
             let config = ModelConfig::from_file(&dir.join("config.json"))?;
-            let source = SafetensorsSource::open(&hub::weight_file(dir)?)?;
-            let model = load_weights(config, &source, opts)?;
-            (model, TextTokenizer::from_hf_dir(dir)?)
+            let tokenizer = TextTokenizer::from_hf_dir(dir)?;
+            let model = match &replaced {
+                Some(source) => load_weights(config, source, opts)?,
+                None => load_weights(config, &SafetensorsSource::open(&hub::weight_file(dir)?)?, opts)?,
+            };
+            (model, tokenizer)
         }
         ModelLocation::Gguf(path) => {
             let gguf = gguf::GgufFile::open(path)?;
             let config = gguf.config()?;
             let tokenizer = gguf_tokenizer::tokenizer_from_gguf(&gguf)?;
-            (load_weights(config, &gguf, opts)?, tokenizer)
+            let model = match &replaced {
+                Some(source) => load_weights(config, source, opts)?,
+                None => load_weights(config, &gguf, opts)?,
+            };
+            (model, tokenizer)
         }
     };
-    tracing::info!(model = reference, layers = model.num_layers(), dtype = ?opts.dtype, "model loaded");
+    tracing::info!(model = reference, weights = ?weights, layers = model.num_layers(), dtype = ?opts.dtype, "model loaded");
     Ok(LoadedModel { model, tokenizer, location })
 }
 

@@ -118,3 +118,43 @@ impl WeightSource for GgufFile {
         self.load_hf(name, device)
     }
 }
+
+/// Tensors already in memory under their HF names (a model rebuilt from its own weights, e.g.
+/// made trainable after its lineage's adapters were merged).
+pub struct TensorSource {
+    path: PathBuf,
+    tensors: std::collections::HashMap<String, Tensor>,
+}
+
+impl TensorSource {
+    pub fn new(named: &[(String, Tensor)]) -> Self {
+        Self { path: PathBuf::from("<weights in memory>"), tensors: named.iter().cloned().collect() }
+    }
+}
+
+impl WeightSource for TensorSource {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.dims().to_vec())
+    }
+    fn load_raw(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: name.to_string() })?;
+        Ok(t.to_device(device)?)
+    }
+}
+
+/// Writes `named` as one safetensors file (HF layout: the names as given), atomically.
+pub fn save_safetensors(named: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let map: std::collections::HashMap<String, Tensor> = named.iter().cloned().collect();
+    let tmp = path.with_extension("safetensors.partial");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    }
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| ModelError::CorruptFile { path: tmp.clone(), msg: e.to_string() })?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}

@@ -28,10 +28,13 @@ pub enum StageError {
 /// The named values a stage returns (written to `metrics.json`).
 pub type Metrics = std::collections::BTreeMap<String, f64>;
 
-/// The adapters that make up a stage's model, oldest first, as stage ids (relative, so a results
-/// directory can be moved). Written by train stages as `lineage.json`.
+/// What makes up a stage's model, as stage ids (relative, so a results directory can be moved):
+/// the full fine-tuning stage whose weights replace the base model's, if any, and the adapters
+/// on top, oldest first. Written by train stages as `lineage.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Lineage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
     pub adapters: Vec<String>,
 }
 
@@ -43,6 +46,8 @@ pub enum AdapterMode {
     NewAdapter(LoraConfig),
     /// Lineage merged except the last adapter, which stays trainable (Booster's single LoRA).
     ContinueLast,
+    /// Lineage merged, every weight trainable (full fine-tuning).
+    Full,
 }
 
 pub struct StageContext {
@@ -106,10 +111,15 @@ impl StageContext {
     /// Loads the base model and applies the lineage as `mode` asks. The model as it is now (the
     /// merged lineage, and a continued adapter at its loaded values, but not a fresh adapter) is
     /// what `ForwardOptions::reference()` computes while the stage trains.
+    ///
+    /// Under `Full` there is no reference inside the model: [`Self::load_reference`] loads it.
     pub fn load_model(&self, mode: AdapterMode) -> Result<LoadedModel, StageError> {
         let opts = LoadOptions { device: self.device.clone(), dtype: self.dtype(), trainable: false };
-        let mut lm = model::load(&self.config.model.path, &opts)?;
         let lineage = self.parent_lineage()?;
+        let mut lm = match &lineage.weights {
+            Some(stage) => model::load_with_weights(&self.config.model.path, &self.stage_dir(stage).weights(), &opts)?,
+            None => model::load(&self.config.model.path, &opts)?,
+        };
         let (merge, keep) = match mode {
             AdapterMode::ContinueLast if !lineage.adapters.is_empty() => {
                 let (last, rest) = lineage.adapters.split_last().expect("non-empty lineage");
@@ -132,9 +142,27 @@ impl StageContext {
             (AdapterMode::ContinueLast, None) => {
                 return Err(StageError::Method("this stage continues the previous adapter, but no earlier train stage made one".into()));
             }
+            (AdapterMode::Full, None) => {
+                lm.model = lm.model.to_trainable()?;
+            }
             (AdapterMode::Merged, None) => {}
         }
         Ok(lm)
+    }
+
+    /// The model before this stage, frozen, as a model of its own (full fine-tuning's reference
+    /// for KL and DPO; with adapters, `ForwardOptions::reference()` on the trained model is the
+    /// same model without a second copy of the base).
+    pub fn load_reference(&self) -> Result<LoadedModel, StageError> {
+        self.load_model(AdapterMode::Merged)
+    }
+
+    /// Saves every weight of a fully fine-tuned model (HF safetensors layout) and the lineage that
+    /// starts from it: later stages load these weights instead of the base model's.
+    pub fn save_full_weights(&self, lm: &LoadedModel) -> Result<(), StageError> {
+        model::save_safetensors(lm.model.named_weights(), &self.dir.weights())?;
+        store::write_json(&self.dir.lineage(), &Lineage { weights: Some(self.dir.id()), adapters: Vec::new() })?;
+        Ok(())
     }
 
     /// Saves this stage's adapter and its lineage (parent's + this one).

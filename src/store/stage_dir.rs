@@ -63,6 +63,10 @@ impl StageDir {
     pub fn adapter(&self) -> PathBuf {
         self.root.join("adapter")
     }
+    /// A full fine-tuning stage's weights (HF safetensors layout).
+    pub fn weights(&self) -> PathBuf {
+        self.root.join("weights").join("model.safetensors")
+    }
     /// The adapters that make this stage's model (`stage::Lineage`).
     pub fn lineage(&self) -> PathBuf {
         self.root.join("lineage.json")

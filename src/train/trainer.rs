@@ -95,6 +95,8 @@ pub struct StepLog {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainSummary {
     pub steps: usize,
+    /// Tokens of every step's batches.
+    pub tokens: usize,
     pub final_loss: f64,
     pub mean_loss: f64,
 }
@@ -158,6 +160,7 @@ pub fn train_on<B: Batch>(
     let opts = ForwardOptions::training(Some(&dropout_rng));
     let mut step = 0;
     let mut losses = Vec::new();
+    let mut all_tokens = 0;
     while step < total {
         let Some(super::batches::Step { epoch, micro_batches: micro }) = source.next_step() else { break };
         let (loss, mut grads) = rule.gradients(model, &params, &micro, &opts)?;
@@ -174,12 +177,14 @@ pub fn train_on<B: Batch>(
         let lr = schedule.lr_at(step);
         opt.step(&params, &grads, lr)?;
         let tokens = micro.iter().map(Batch::num_tokens).sum();
+        all_tokens += tokens;
         on_step(&StepLog { step, epoch, loss, grad_norm, lr, tokens });
         losses.push(loss);
         step += 1;
     }
     Ok(TrainSummary {
         steps: step,
+        tokens: all_tokens,
         final_loss: losses.last().copied().unwrap_or(f64::NAN),
         mean_loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
     })
