@@ -34,5 +34,5 @@ def check(name: str) -> bool:
 
 
 if __name__ == "__main__":
-    results = [check(n) for n in ("llama_gqa", "gpt_neox")]
+    results = [check(n) for n in ("llama_gqa", "gpt_neox", "opt_pre_ln", "opt_post_ln")]
     sys.exit(0 if all(results) else 1)

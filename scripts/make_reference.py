@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Generate tiny, deterministic reference fixtures for the Rust `runner` tests.
 
-Usage:  python scripts/make_reference.py [--out DIR]      (default: tests/fixtures/tiny
-        next to this script's repository root; existing outputs are overwritten)
+Usage:  python scripts/make_reference.py [--out DIR] [--only MODEL ...]
+        (default DIR: tests/fixtures/tiny next to this script's repository root; existing outputs
+        are overwritten). --only remakes just the named <model>/ directories (and their
+        reference.json), reading the tokenizer already in DIR/tokenizer and writing the package
+        versions to <model>/versions.json instead of DIR/versions.json; nothing else is touched.
 
 Requirements: torch, transformers, peft, tokenizers, safetensors, gguf, numpy (CPU only; no network,
 nothing is downloaded from the Hugging Face hub -- every model is randomly initialised here).
@@ -33,10 +36,10 @@ tokenizer/tokenizer.json, tokenizer/tokenizer_config.json
     "PreTrainedTokenizerFast" so that older transformers versions can load it too. It also holds
     "backend": "tokenizers" and the usual huge "model_max_length" (1e30, does not fit in a u64).
 
-<model>/ for model in {llama_gqa, qwen2_bias_tied, gpt_neox}
+<model>/ for model in {llama_gqa, qwen2_bias_tied, gpt_neox, opt_pre_ln, opt_post_ln}
     config.json, generation_config.json, model.safetensors  -- `save_pretrained(safe_serialization=True)`,
-        float32, single file. All three use vocab_size 384, bos = eos = pad = 0,
-        max_position_embeddings 128, attn_implementation "eager".
+        float32, single file. All use vocab_size 384, bos = eos = pad = 0, attn_implementation "eager";
+        max_position_embeddings 128 (64 for the OPT models).
         * llama_gqa: LlamaForCausalLM, hidden 64, intermediate 128, 2 layers, 4 heads (head_dim 16),
           2 kv heads (GQA), rms_norm_eps 1e-5, rope_theta 1e4, untied lm_head.
         * qwen2_bias_tied: Qwen2ForCausalLM, same sizes, q/k/v biases, rope_theta 1e6,
@@ -46,6 +49,18 @@ tokenizer/tokenizer.json, tokenizer/tokenizer_config.json
           rotary_pct 0.25 (rotary dims 4 of head_dim 16, rotate_half / non-interleaved),
           rope base 1e4, use_parallel_residual=True, hidden_act "gelu" (exact erf gelu),
           layer_norm_eps 1e-5, untied embed_out, fused query_key_value with biases.
+        * opt_pre_ln: OPTForCausalLM like opt-125m/1.3b: hidden 32, ffn_dim 64, 2 layers, 4 heads
+          (head_dim 8), do_layer_norm_before=True (with the decoder's final_layer_norm), ReLU,
+          enable_bias, word_embed_proj_dim = hidden, tied lm_head (no lm_head.weight in the file),
+          dropout = attention_dropout = layerdrop = 0, learned positions (64 + 2 rows, offset 2).
+          Tensors named model.decoder.* (as opt-125m/1.3b store them).
+        * opt_post_ln: OPTForCausalLM like opt-350m: hidden 32, ffn_dim 64, 2 layers, 2 heads
+          (head_dim 16), do_layer_norm_before=False (no decoder final_layer_norm),
+          word_embed_proj_dim 16 (project_in [32, 16] / project_out [16, 32], no bias), tied
+          lm_head, dropout 0. Tensors renamed to decoder.* after saving (as opt-350m stores them);
+          the script asserts transformers loads that file back to the same weights.
+    <model>/versions.json -- only in directories made with --only (the OPT models): the package
+        versions that made that directory (DIR/versions.json is for the rest).
         transformers >= 5 writes RoPE settings only inside "rope_parameters"
         ({"rope_theta", "rope_type", ["partial_rotary_factor"]}). For loaders that expect the older
         flat layout this script ALSO writes top-level "rope_theta" (all models) and
@@ -56,7 +71,8 @@ tokenizer/tokenizer.json, tokenizer/tokenizer_config.json
     adapter_peft/adapter_config.json, adapter_peft/adapter_model.safetensors
         The LoRA adapter used for "lora" below, saved by peft BEFORE the training step.
         r=4, lora_alpha=8 (scale alpha/r = 2), dropout 0, bias "none", targets q_proj,v_proj
-        (llama, qwen2) or query_key_value,dense_4h_to_h (gpt_neox); random A and B (B non-zero).
+        (llama, qwen2, opt_pre_ln), query_key_value,dense_4h_to_h (gpt_neox) or
+        q_proj,v_proj,fc2,project_in,project_out (opt_post_ln); random A and B (B non-zero).
         Tensor names: base_model.model.<module path>.lora_A.weight [r, in] / .lora_B.weight [out, r].
         "base_model_name_or_path" is rewritten to the model directory name (e.g. "llama_gqa").
     reference.json  -- see below.
@@ -102,7 +118,9 @@ Hyper-parameters (lr, betas, ...) are written as plain decimals.
     "left_padded": {
         "input_ids": [2][9] -- seqs left-padded with 0 to length 9,
         "attention_mask": [2][9] -- 1 for real tokens, 0 for pads,
-        "position_ids": [2][9] -- max(cumsum(attention_mask) - 1, 0) (pads get 0),
+        "position_ids": [2][9] -- max(cumsum(attention_mask) - 1, 0) (pads get 0). For OPT the
+            script asserts that leaving position_ids out (transformers then derives
+            cumsum(mask) * mask - 1 itself, pads -1) gives the same logits on real tokens.
         "logits": [2][9][V] -- forward(input_ids, attention_mask, position_ids), eager attention.
             Rows at pad positions (attention_mask 0) are NOT meaningful (a fully masked query row;
             transformers uses finfo.min, not -inf) -- compare only positions with mask 1.}
@@ -184,6 +202,8 @@ from transformers import (  # noqa: E402
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -231,7 +251,13 @@ LORA_TARGETS = {
     "llama_gqa": ["q_proj", "v_proj"],
     "qwen2_bias_tied": ["q_proj", "v_proj"],
     "gpt_neox": ["query_key_value", "dense_4h_to_h"],
+    "opt_pre_ln": ["q_proj", "v_proj"],
+    "opt_post_ln": ["q_proj", "v_proj", "fc2", "project_in", "project_out"],
 }
+MODELS = ("llama_gqa", "qwen2_bias_tied", "gpt_neox", "opt_pre_ln", "opt_post_ln")
+TIED = ("qwen2_bias_tied", "opt_pre_ln", "opt_post_ln")
+# opt_post_ln is stored as opt-350m is: `decoder.*` instead of `model.decoder.*`.
+STORED_PREFIX = {"opt_post_ln": ("model.decoder.", "decoder.")}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -372,13 +398,27 @@ def make_config(name: str):
             intermediate_size=256, rotary_pct=0.25, rotary_emb_base=10000, use_parallel_residual=True,
             hidden_act="gelu", layer_norm_eps=1e-5, tie_word_embeddings=False, **common,
         )
+    elif name in ("opt_pre_ln", "opt_post_ln"):
+        pre = name == "opt_pre_ln"
+        cfg = OPTConfig(
+            vocab_size=VOCAB_SIZE, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4 if pre else 2,
+            max_position_embeddings=64, do_layer_norm_before=pre, word_embed_proj_dim=32 if pre else 16,
+            activation_function="relu", enable_bias=True, dropout=0.0, attention_dropout=0.0, layerdrop=0.0,
+            init_std=INIT_RANGE, tie_word_embeddings=True, bos_token_id=PAD, eos_token_id=PAD, pad_token_id=PAD,
+        )
     else:
         raise ValueError(name)
     cfg._attn_implementation = "eager"
     return cfg
 
 
-MODEL_CLS = {"llama_gqa": LlamaForCausalLM, "qwen2_bias_tied": Qwen2ForCausalLM, "gpt_neox": GPTNeoXForCausalLM}
+MODEL_CLS = {
+    "llama_gqa": LlamaForCausalLM,
+    "qwen2_bias_tied": Qwen2ForCausalLM,
+    "gpt_neox": GPTNeoXForCausalLM,
+    "opt_pre_ln": OPTForCausalLM,
+    "opt_post_ln": OPTForCausalLM,
+}
 
 
 def build_model(name: str):
@@ -392,15 +432,18 @@ def build_model(name: str):
             p.add_(NOISE * torch.randn(p.shape, dtype=p.dtype))
     for pname, p in model.named_parameters():
         assert p.std() > 1e-3, f"{name}: parameter {pname} is (near) constant"
-    if name == "qwen2_bias_tied":
-        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    if name in TIED:
+        assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     model.eval()
     return model
 
 
 def patch_config_json(path: Path, name: str) -> None:
-    """Add flat legacy RoPE keys next to transformers-5 "rope_parameters"."""
+    """Add flat legacy RoPE keys next to transformers-5 "rope_parameters" (OPT has no RoPE)."""
     cfg = json.loads(path.read_text())
+    if cfg["model_type"] == "opt":
+        assert "rope_parameters" not in cfg and "rope_theta" not in cfg
+        return
     rp = cfg.get("rope_parameters") or {}
     theta = rp.get("rope_theta", cfg.get("rope_theta"))
     assert theta is not None
@@ -418,7 +461,23 @@ def save_model(model, name: str, mdir: Path, out: Path, **kw) -> None:
     mdir.mkdir(parents=True)
     model.save_pretrained(str(mdir), safe_serialization=True, **kw)
     patch_config_json(mdir / "config.json", name)
+    if name in STORED_PREFIX:
+        rename_stored_tensors(model, mdir, *STORED_PREFIX[name])
     copy_tokenizer(out, mdir)
+
+
+def rename_stored_tensors(model, mdir: Path, module_prefix: str, stored_prefix: str) -> None:
+    """Rewrite model.safetensors with `stored_prefix` for `module_prefix`, and check transformers
+    loads the renamed file back to the same weights."""
+    from safetensors.torch import load_file, save_file
+
+    path = mdir / "model.safetensors"
+    sd = load_file(str(path))
+    assert all(k.startswith(module_prefix) or k == "lm_head.weight" for k in sd), sorted(sd)
+    save_file({stored_prefix + k[len(module_prefix):]: v for k, v in sd.items()}, str(path), metadata={"format": "pt"})
+    reloaded = load_model(mdir).state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(reloaded[k], v.to(torch.float32)), k
 
 
 def load_model(mdir: Path):
@@ -525,6 +584,12 @@ def make_reference(name: str, mdir: Path, tok, seqs):
     lp_pos = (lp_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         lp_logits = model(input_ids=lp_ids, attention_mask=lp_mask, position_ids=lp_pos).logits
+    if model.config.model_type == "opt":
+        # OPT derives positions from the mask when given none: the same rows for real tokens.
+        with torch.no_grad():
+            derived = model(input_ids=lp_ids, attention_mask=lp_mask).logits
+        real = lp_mask.bool()
+        assert torch.equal(derived[real], lp_logits[real]), (name, (derived[real] - lp_logits[real]).abs().max())
     # sanity: real positions agree with unpadded forwards
     for b, s in enumerate(seqs):
         single = forward_logits(model, s)
@@ -591,6 +656,7 @@ def make_reference(name: str, mdir: Path, tok, seqs):
 def make_lora(name, mdir, seqs, tb):
     targets = LORA_TARGETS[name]
     base = load_model(mdir)
+    matched = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets]
     lcfg = LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, bias="none",
         task_type="CAUSAL_LM", init_lora_weights=False,
@@ -598,7 +664,7 @@ def make_lora(name, mdir, seqs, tb):
     seed_all(2)
     pm = get_peft_model(base, lcfg)
     lora_params = [(n, p) for n, p in pm.named_parameters() if "lora_" in n]
-    assert len(lora_params) == 2 * 2 * len(targets), [n for n, _ in lora_params]
+    assert len(matched) >= len(targets) and len(lora_params) == 2 * len(matched), [n for n, _ in lora_params]
     seed_all(3)
     with torch.no_grad():
         for n, p in lora_params:
@@ -802,6 +868,7 @@ def make_gguf_reference(out: Path, llama_dir: Path, seqs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--only", nargs="+", choices=MODELS, help="remake only these model directories")
     args = ap.parse_args()
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -816,19 +883,23 @@ def main():
         "gguf": getattr(gguf, "__version__", None) or _dist_version("gguf"),
         "numpy": np.__version__,
     }
-    (out / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
-
-    tok = build_tokenizer(out)
+    if args.only:
+        tok = PreTrainedTokenizerFast.from_pretrained(str(out / "tokenizer"))
+    else:
+        (out / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
+        tok = build_tokenizer(out)
     seqs = [tok(t, add_special_tokens=False)["input_ids"] for t in SEQ_TEXTS]
     assert [len(s) for s in seqs] == SEQ_LENS, [len(s) for s in seqs]
     assert all(0 not in s for s in seqs)
     for t, s in zip(SEQ_TEXTS, seqs):
         assert tok.decode(s) == t
 
-    for name in ("llama_gqa", "qwen2_bias_tied", "gpt_neox"):
+    for name in args.only or MODELS:
         model = build_model(name)
         mdir = out / name
         save_model(model, name, mdir, out)
+        if args.only:
+            (mdir / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
         if name == "llama_gqa":
             bdir = out / "llama_gqa_sharded_bf16"
             save_model(copy.deepcopy(model).to(torch.bfloat16), name, bdir, out, max_shard_size="100KB")
@@ -840,7 +911,8 @@ def main():
         print(f"{name}: loss={ref['loss']:.6f} greedy={ref['greedy']['new_ids']} "
               f"ft_after={ref['full_ft']['loss_after_step']:.6f} lora_after={ref['lora']['loss_after_step']:.6f}")
 
-    make_gguf_reference(out, out / "llama_gqa", seqs)
+    if not args.only:
+        make_gguf_reference(out, out / "llama_gqa", seqs)
 
     total = 0
     for p in sorted(out.rglob("*")):

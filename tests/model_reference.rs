@@ -1,5 +1,6 @@
 //! The model core against transformers + PEFT: fixtures from `scripts/make_reference.py`
-//! (tiny random llama with GQA, qwen2 with q/k/v bias and tied embeddings, gpt-neox).
+//! (tiny random llama with GQA, qwen2 with q/k/v bias and tied embeddings, gpt-neox, OPT pre-LN
+//! with a tied head, OPT post-LN with projected word embeddings stored as `decoder.*` like opt-350m).
 //! Tolerances: logits max |diff| <= 1e-4 (f32); losses, log-probs and gradient norms within
 //! 1e-5 relative; greedy ids identical.
 
@@ -7,13 +8,14 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
+use runner::model::layers::RecordingHook;
 use runner::model::{
-    self, generate, load_adapter, score_continuations, ForwardOptions, GenerationConfig, LoadOptions, PaddedBatch, Padding,
+    self, generate, load_adapter, score_continuations, ForwardOptions, GenerationConfig, HookPoint, LoadOptions, PaddedBatch, Padding,
 };
 use runner::train::{lm_loss, AdamW, AdamWConfig, Gradients, TrainBatch};
 use serde_json::Value;
 
-const MODELS: [&str; 3] = ["llama_gqa", "qwen2_bias_tied", "gpt_neox"];
+const MODELS: [&str; 5] = ["llama_gqa", "qwen2_bias_tied", "gpt_neox", "opt_pre_ln", "opt_post_ln"];
 const LOGIT_TOL: f32 = 1e-4;
 const REL_TOL: f64 = 1e-5;
 
@@ -219,6 +221,38 @@ fn adapter_save_reload_and_merge_give_the_same_logits() {
         let diff = max_abs_diff(&logits_of(&again.model, &seq, &opts), &original);
         assert!(diff <= LOGIT_TOL, "{name}: merged logits max |diff| {diff}");
     }
+}
+
+#[test]
+fn lens_on_the_last_layer_output_gives_the_models_logits() {
+    for name in MODELS {
+        let lm = load(name, false);
+        let seq = ids(&reference(name)["seqs"][0]);
+        let (input, pos, valid) = row_tensor(&seq);
+        let record = RecordingHook::new(&[HookPoint::LayerOutput]);
+        let opts = ForwardOptions::inference();
+        let logits = flat(&lm.model.forward(&input, &pos, &valid, &opts.with_hook(&record)).unwrap());
+        let layers = record.at(HookPoint::LayerOutput);
+        assert_eq!(layers.len(), lm.model.num_layers(), "{name}: one layer output per block");
+        let lens = flat(&lm.model.lens_logits(layers.last().unwrap(), &opts).unwrap());
+        assert_eq!(lens, logits, "{name}: the output stage after the last block is the model's");
+    }
+}
+
+#[test]
+fn opt_positions_past_the_learned_table_are_an_error() {
+    let lm = load("opt_pre_ln", false);
+    let max = lm.model.config.max_position_embeddings;
+    assert_eq!(max, 64);
+    let row = |positions: Vec<u32>| {
+        let n = positions.len();
+        let input = Tensor::from_vec(vec![5u32; n], (1, n), &Device::Cpu).unwrap();
+        let pos = Tensor::from_vec(positions, (1, n), &Device::Cpu).unwrap();
+        lm.model.forward(&input, &pos, &[vec![true; n]], &ForwardOptions::inference())
+    };
+    assert!(row(vec![max as u32 - 2, max as u32 - 1]).is_ok(), "the last learned position is usable");
+    let err = row(vec![max as u32 - 1, max as u32]).unwrap_err().to_string();
+    assert!(err.contains(&format!("position {max}")) && err.contains("max_position_embeddings"), "{err}");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! for two steps and compares it with `tests/fixtures/tiny/<model>/adapter_runner/`, which
 //! `scripts/check_peft_adapter.py` loads with `peft.PeftModel.from_pretrained` and checks against
 //! the logits runner recorded there (`runner_logits.json`).
-//! `RUNNER_UPDATE_FIXTURES=1 cargo test --release --test peft_compat` rewrites the fixture.
+//! `RUNNER_UPDATE_FIXTURES=1 cargo test --release --test peft_compat` rewrites the fixtures;
+//! `RUNNER_UPDATE_FIXTURES=opt_pre_ln,opt_post_ln` only those models'.
 
 mod common;
 
@@ -33,13 +34,20 @@ fn train_adapter(name: &str, targets: &[&str]) -> (model::LoadedModel, LoraConfi
 
 #[test]
 fn trained_adapters_match_the_fixture_peft_checks() {
-    for (name, targets) in [("llama_gqa", vec!["q_proj", "v_proj", "down_proj"]), ("gpt_neox", vec!["query_key_value", "dense"])] {
+    let update = std::env::var("RUNNER_UPDATE_FIXTURES").ok();
+    let models = [
+        ("llama_gqa", vec!["q_proj", "v_proj", "down_proj"]),
+        ("gpt_neox", vec!["query_key_value", "dense"]),
+        ("opt_pre_ln", vec!["q_proj", "v_proj", "fc2"]),
+        ("opt_post_ln", vec!["k_proj", "out_proj", "fc1"]),
+    ];
+    for (name, targets) in models {
         let (lm, cfg) = train_adapter(name, &targets);
         let seq = ids(&read_json(&tiny(name).join("reference.json"))["seqs"][0]);
         let (input, pos, valid) = row_tensor(&seq);
         let logits = flat(&lm.model.forward(&input, &pos, &valid, &ForwardOptions::inference()).unwrap());
         let fixture = tiny(name).join("adapter_runner");
-        if std::env::var_os("RUNNER_UPDATE_FIXTURES").is_some() {
+        if update.as_deref().is_some_and(|u| u == "1" || u.split(',').any(|n| n == name)) {
             save_adapter(&lm.model, &cfg, name, &fixture).unwrap();
             let json = serde_json::json!({"seq": seq, "logits": logits});
             std::fs::write(fixture.join("runner_logits.json"), serde_json::to_string(&json).unwrap()).unwrap();

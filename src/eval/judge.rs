@@ -363,7 +363,7 @@ pub fn load_trained_judge(
     let mut m = lm.model;
     model::load_adapter(&mut m, &dir.join(&info.adapter))?;
     m.merge_adapters()?;
-    let (weight, center) = model::classify::load_head(&dir.join(&info.head), info.labels.len(), m.config.hidden_size, &env.device)?;
+    let (weight, center) = model::classify::load_head(&dir.join(&info.head), info.labels.len(), m.config.word_embed_proj_dim, &env.device)?;
     if info.unsafe_label >= info.labels.len() {
         return Err(ModelError::Config { path: info_path, key: "unsafe_label".into(), msg: "out of range".into() });
     }

@@ -122,7 +122,7 @@ fn run(ctx: &StageContext, o: &OptimizerParams, p: &ClassifierParams) -> Result<
     let unsafe_n = items.iter().filter(|x| !x.is_safe).count();
     tracing::info!(examples = examples.len(), unsafe_n, "training the classifier judge");
 
-    let hidden = lm.model.config.hidden_size;
+    let hidden = lm.model.config.word_embed_proj_dim;
     let head = ClassificationLoss::new_head(LABELS.len(), hidden, p.head_init_std, ctx.config.seed.wrapping_add(17), &ctx.device)?;
     let mut params = lm.model.trainable_params();
     params.push(("score.weight".to_string(), head.clone()));

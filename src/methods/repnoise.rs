@@ -162,7 +162,7 @@ impl RepNoiseRule {
         }
         // The official lens also reads the embedding output (HF's `hidden_states[0]`): the final
         // CE and L + 1 lens terms, L + 2 in all.
-        let embedded = model.embed(&padded.ids)?;
+        let embedded = model.embed(&padded.ids, &padded.positions, opts)?;
         ce_sum = (ce_sum + loss_at(model, &embedded, &rows, &targets, opts, true)?)?;
         let harmful_ce = ((ce_sum / (layer_outputs.len() + 2) as f64)? + 1.0)?;
 

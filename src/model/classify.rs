@@ -228,7 +228,7 @@ pub fn load_classifier(reference: &str, opts: &LoadOptions) -> Result<SequenceCl
     })?;
     let config = ModelConfig::from_json(&json).map_err(|(key, msg)| ModelError::Config { path: cfg_path.clone(), key, msg })?;
     let head_config = HeadConfig::from_json(&json).map_err(|(key, msg)| ModelError::Config { path: cfg_path.clone(), key, msg })?;
-    let hidden = config.hidden_size;
+    let hidden = config.word_embed_proj_dim;
     let source = SafetensorsSource::open(&hub::weight_file(&dir)?)?;
     let weights = Weights { source: &source, device: opts.device.clone(), dtype: opts.dtype };
     let weight = weights.get("score.weight", &[head_config.labels.len(), hidden]).map_err(|e| match e {

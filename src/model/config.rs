@@ -13,6 +13,9 @@ pub enum Architecture {
     Llama,
     /// GPT-NeoX / Pythia: LayerNorm, fused QKV, GELU MLP, partial rotary, optional parallel residual.
     GptNeox,
+    /// OPT (facebook/opt-*): learned positions (offset 2), LayerNorm before or after each
+    /// sublayer, ReLU MLP, biases everywhere, optional projection of the word embeddings.
+    Opt,
 }
 
 /// Llama-3 style rotary frequency rescaling (`rope_type = "llama3"`).
@@ -36,9 +39,16 @@ pub struct ModelConfig {
     pub num_key_value_heads: usize,
     pub head_dim: usize,
     pub max_position_embeddings: usize,
+    /// Width of the token embeddings and of the final hidden state the output heads read:
+    /// `hidden_size` except OPT-350m, which projects in and out of the blocks.
+    pub word_embed_proj_dim: usize,
+    /// Each block normalizes before its sublayers (pre-LN); false: after each residual add (OPT-350m).
+    pub do_layer_norm_before: bool,
+    /// A norm follows the last block (absent in post-LN OPT).
+    pub final_norm: bool,
     pub norm_eps: f64,
     pub rope_theta: f64,
-    /// Fraction of each head's dimensions that are rotated (1.0 for Llama).
+    /// Fraction of each head's dimensions that are rotated (1.0 for Llama, 0 for OPT).
     pub partial_rotary_factor: f64,
     pub rope_scaling: Option<Llama3RopeScaling>,
     pub tie_word_embeddings: bool,
@@ -72,10 +82,15 @@ impl ModelConfig {
         let architecture = match model_type.as_str() {
             "llama" | "mistral" | "qwen2" | "smollm" | "smollm2" => Architecture::Llama,
             "gpt_neox" => Architecture::GptNeox,
+            "opt" => Architecture::Opt,
             other => {
-                return Err(("model_type".into(), format!("unsupported model_type {other:?} (supported: llama, mistral, qwen2, gpt_neox)")))
+                return Err((
+                    "model_type".into(),
+                    format!("unsupported model_type {other:?} (supported: llama, mistral, qwen2, gpt_neox, opt)"),
+                ))
             }
         };
+        let is_opt = architecture == Architecture::Opt;
         let usize_key = |k: &str| -> Result<usize, (String, String)> {
             obj.get(k)
                 .and_then(Value::as_u64)
@@ -146,6 +161,7 @@ impl ModelConfig {
             None => None,
         };
 
+        // OPT's LayerNorms use torch's default eps (1e-5); its config has no key for it.
         let norm_eps = opt_f64("rms_norm_eps").or_else(|| opt_f64("layer_norm_eps")).unwrap_or(1e-5);
         let ids = |k: &str| -> Vec<u32> {
             match obj.get(k) {
@@ -155,27 +171,45 @@ impl ModelConfig {
             }
         };
         let is_neox = architecture == Architecture::GptNeox;
+        let opt = if is_opt { Some(OptKeys::read(obj, hidden_size)?) } else { None };
+        // OPTConfig's defaults for ids its 4.x config.json files may leave out.
+        let id_or = |k: &str, opt_default: u32| if is_opt && !obj.contains_key(k) { vec![opt_default] } else { ids(k) };
         Ok(ModelConfig {
             vocab_size: usize_key("vocab_size")?,
             hidden_size,
-            intermediate_size: usize_key("intermediate_size")?,
+            intermediate_size: usize_key(if is_opt { "ffn_dim" } else { "intermediate_size" })?,
             num_hidden_layers: usize_key("num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            max_position_embeddings: opt_usize("max_position_embeddings").unwrap_or(4096),
+            max_position_embeddings: opt_usize("max_position_embeddings").unwrap_or(if is_opt { 2048 } else { 4096 }),
+            word_embed_proj_dim: opt.as_ref().map_or(hidden_size, |o| o.word_embed_proj_dim),
+            do_layer_norm_before: opt.as_ref().is_none_or(|o| o.do_layer_norm_before),
+            final_norm: opt.as_ref().is_none_or(|o| o.final_norm),
             norm_eps,
             rope_theta,
-            partial_rotary_factor,
-            rope_scaling,
-            tie_word_embeddings: opt_bool("tie_word_embeddings").unwrap_or(false),
-            attention_bias: is_neox || model_type == "qwen2" || opt_bool("attention_bias").unwrap_or(false),
-            mlp_bias: is_neox || opt_bool("mlp_bias").unwrap_or(false),
+            // OPT rotates nothing: it adds learned absolute positions to the embeddings.
+            partial_rotary_factor: if is_opt { 0.0 } else { partial_rotary_factor },
+            rope_scaling: if is_opt { None } else { rope_scaling },
+            // OPT ties its output head unless told otherwise (4.x files leave the key out).
+            tie_word_embeddings: opt_bool("tie_word_embeddings").unwrap_or(is_opt),
+            attention_bias: opt
+                .as_ref()
+                .map_or(is_neox || model_type == "qwen2" || opt_bool("attention_bias").unwrap_or(false), |o| o.enable_bias),
+            mlp_bias: opt.as_ref().map_or(is_neox || opt_bool("mlp_bias").unwrap_or(false), |o| o.enable_bias),
             use_parallel_residual: is_neox && opt_bool("use_parallel_residual").unwrap_or(true),
-            hidden_act: obj.get("hidden_act").and_then(Value::as_str).unwrap_or(if is_neox { "gelu" } else { "silu" }).to_string(),
-            bos_token_id: ids("bos_token_id").first().copied(),
-            eos_token_ids: ids("eos_token_id"),
-            pad_token_id: ids("pad_token_id").first().copied(),
+            hidden_act: obj
+                .get(if is_opt { "activation_function" } else { "hidden_act" })
+                .and_then(Value::as_str)
+                .unwrap_or(match architecture {
+                    Architecture::GptNeox => "gelu",
+                    Architecture::Opt => "relu",
+                    Architecture::Llama => "silu",
+                })
+                .to_string(),
+            bos_token_id: id_or("bos_token_id", 2).first().copied(),
+            eos_token_ids: id_or("eos_token_id", 2),
+            pad_token_id: id_or("pad_token_id", 1).first().copied(),
             model_type,
             architecture,
         })
@@ -204,6 +238,37 @@ impl ModelConfig {
             }
         }
         freqs.into_iter().map(|f| f as f32).collect()
+    }
+}
+
+/// The keys only OPT's config has (same names in the transformers 4.x and 5.x layouts).
+struct OptKeys {
+    word_embed_proj_dim: usize,
+    do_layer_norm_before: bool,
+    final_norm: bool,
+    enable_bias: bool,
+}
+
+impl OptKeys {
+    fn read(obj: &serde_json::Map<String, Value>, hidden_size: usize) -> Result<Self, (String, String)> {
+        let flag = |k: &str, default: bool| match obj.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err((k.to_string(), format!("expected true or false, found {other}"))),
+        };
+        if !flag("layer_norm_elementwise_affine", true)? {
+            return Err(("layer_norm_elementwise_affine".into(), "LayerNorms without weight and bias are not supported".into()));
+        }
+        let word_embed_proj_dim = match obj.get("word_embed_proj_dim") {
+            None | Some(Value::Null) => hidden_size,
+            Some(v) => {
+                v.as_u64().map(|v| v as usize).ok_or(("word_embed_proj_dim".to_string(), "not a non-negative integer".to_string()))?
+            }
+        };
+        let do_layer_norm_before = flag("do_layer_norm_before", true)?;
+        // `_remove_final_layer_norm` marks checkpoints fine-tuned before transformers 4.20.1.
+        let final_norm = do_layer_norm_before && !flag("_remove_final_layer_norm", false)?;
+        Ok(Self { word_embed_proj_dim, do_layer_norm_before, final_norm, enable_bias: flag("enable_bias", true)? })
     }
 }
 
@@ -256,6 +321,65 @@ mod tests {
                         "num_hidden_layers": 1, "num_attention_heads": 4,
                         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}});
         assert_eq!(ModelConfig::from_json(&v5).unwrap().rotary_dim(), 8);
+    }
+
+    /// facebook/opt-350m's config.json as transformers 4.20 wrote it (no `tie_word_embeddings`,
+    /// `enable_bias`, `layer_norm_elementwise_affine` or `_remove_final_layer_norm`).
+    fn opt_350m_v4() -> Value {
+        json!({"_name_or_path": "facebook/opt-350m", "activation_dropout": 0.0, "activation_function": "relu",
+               "architectures": ["OPTForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 2,
+               "do_layer_norm_before": false, "dropout": 0.1, "eos_token_id": 2, "ffn_dim": 4096, "hidden_size": 1024,
+               "init_std": 0.02, "layerdrop": 0.0, "max_position_embeddings": 2048, "model_type": "opt",
+               "num_attention_heads": 16, "num_hidden_layers": 24, "pad_token_id": 1, "prefix": "</s>",
+               "torch_dtype": "float16", "transformers_version": "4.20.0.dev0", "use_cache": true, "vocab_size": 50272,
+               "word_embed_proj_dim": 512})
+    }
+
+    /// The same model as transformers 5.x saves its config: every OPT key explicit, `dtype`.
+    fn opt_350m_v5() -> Value {
+        json!({"_remove_final_layer_norm": false, "activation_function": "relu", "architectures": ["OPTForCausalLM"],
+               "attention_dropout": 0.0, "bos_token_id": 2, "do_layer_norm_before": false, "dropout": 0.1,
+               "dtype": "float16", "enable_bias": true, "eos_token_id": 2, "ffn_dim": 4096, "hidden_size": 1024,
+               "init_std": 0.02, "layer_norm_elementwise_affine": true, "layerdrop": 0.0, "max_position_embeddings": 2048,
+               "model_type": "opt", "num_attention_heads": 16, "num_hidden_layers": 24, "pad_token_id": 1,
+               "tie_word_embeddings": true, "transformers_version": "5.24.0", "use_cache": true, "vocab_size": 50272,
+               "word_embed_proj_dim": 512})
+    }
+
+    #[test]
+    fn opt_transformers_4_and_5_layouts_agree() {
+        let v4 = ModelConfig::from_json(&opt_350m_v4()).unwrap();
+        assert_eq!(v4, ModelConfig::from_json(&opt_350m_v5()).unwrap());
+        assert_eq!(v4.architecture, Architecture::Opt);
+        assert_eq!((v4.hidden_size, v4.word_embed_proj_dim, v4.intermediate_size, v4.head_dim), (1024, 512, 4096, 64));
+        assert!(!v4.do_layer_norm_before && !v4.final_norm, "post-LN OPT has no final norm");
+        assert!(v4.tie_word_embeddings && v4.attention_bias && v4.mlp_bias);
+        assert_eq!((v4.hidden_act.as_str(), v4.norm_eps, v4.rotary_dim()), ("relu", 1e-5, 0));
+        assert_eq!((v4.bos_token_id, v4.eos_token_ids.clone(), v4.pad_token_id), (Some(2), vec![2], Some(1)));
+    }
+
+    #[test]
+    fn opt_defaults_and_unsupported_keys() {
+        // opt-125m / 1.3b style: pre-LN with a final norm, no projection; OPTConfig's defaults fill gaps.
+        let mut v = opt_350m_v4();
+        let o = v.as_object_mut().unwrap();
+        for k in ["word_embed_proj_dim", "do_layer_norm_before", "bos_token_id", "eos_token_id", "pad_token_id"] {
+            o.remove(k);
+        }
+        let c = ModelConfig::from_json(&v).unwrap();
+        assert!(c.do_layer_norm_before && c.final_norm);
+        assert_eq!(c.word_embed_proj_dim, c.hidden_size);
+        assert_eq!((c.bos_token_id, c.eos_token_ids.clone(), c.pad_token_id), (Some(2), vec![2], Some(1)));
+        v.as_object_mut().unwrap().insert("_remove_final_layer_norm".into(), json!(true));
+        assert!(!ModelConfig::from_json(&v).unwrap().final_norm);
+        v.as_object_mut().unwrap().insert("enable_bias".into(), json!(false));
+        let c = ModelConfig::from_json(&v).unwrap();
+        assert!(!c.attention_bias && !c.mlp_bias);
+        v.as_object_mut().unwrap().insert("layer_norm_elementwise_affine".into(), json!(false));
+        assert_eq!(ModelConfig::from_json(&v).unwrap_err().0, "layer_norm_elementwise_affine");
+        v.as_object_mut().unwrap().insert("layer_norm_elementwise_affine".into(), json!(true));
+        v.as_object_mut().unwrap().insert("do_layer_norm_before".into(), json!("yes"));
+        assert_eq!(ModelConfig::from_json(&v).unwrap_err().0, "do_layer_norm_before");
     }
 
     #[test]

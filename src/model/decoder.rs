@@ -1,12 +1,19 @@
-//! The decoder-only transformer: Llama family (Llama 2/3, Mistral, Qwen2, SmolLM) and GPT-NeoX.
+//! The decoder-only transformer: Llama family (Llama 2/3, Mistral, Qwen2, SmolLM), GPT-NeoX and
+//! OPT. The block structure and forward live here; `load` maps each architecture's HF weight
+//! names onto it.
+
+mod load;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use super::cache::{causal_padding_mask, KvCache};
-use super::config::{Architecture, ModelConfig};
+use super::config::ModelConfig;
 use super::layers::{activation, attention, layer_norm, rms_norm, ForwardOptions, HookPoint, Linear, RotaryAngles};
-use super::weights::Weights;
-use super::Result;
+use super::{ModelError, Result};
+
+/// OPT's position table starts two rows in (a fairseq leftover: rows 0 and 1 were reserved for
+/// padding), so position `p` reads row `p + 2`.
+const LEARNED_POSITION_OFFSET: usize = 2;
 
 enum Norm {
     Rms { weight: Tensor },
@@ -39,6 +46,37 @@ enum Mlp {
     Plain { fc_in: Linear, fc_out: Linear },
 }
 
+/// How a block wires its two sublayers around the residual stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Residual {
+    /// `h = x + attn(norm1(x))`, then `h + mlp(norm2(h))` (Llama, OPT-125m/1.3b).
+    PreNorm,
+    /// `x + attn(norm1(x)) + mlp(norm2(x))` (GPT-NeoX with `use_parallel_residual`).
+    Parallel,
+    /// `h = norm1(x + attn(x))`, then `norm2(h + mlp(h))` (OPT-350m).
+    PostNorm,
+}
+
+impl Residual {
+    fn of(c: &ModelConfig) -> Self {
+        if c.use_parallel_residual {
+            Residual::Parallel
+        } else if c.do_layer_norm_before {
+            Residual::PreNorm
+        } else {
+            Residual::PostNorm
+        }
+    }
+}
+
+/// How token positions enter the model.
+enum PositionEncoding {
+    /// Rotary embeddings on q and k; inverse frequencies `[rot/2]`.
+    Rotary { inv_freq: Tensor },
+    /// OPT: a learned table `[max_positions + 2, H]` added to the token embeddings.
+    Learned { table: Tensor },
+}
+
 struct Block {
     norm1: Norm,
     norm2: Norm,
@@ -47,16 +85,84 @@ struct Block {
     mlp: Mlp,
 }
 
+/// What one forward shares between its blocks.
+struct BlockInputs<'a> {
+    rotary: Option<RotaryAngles>,
+    mask: Tensor,
+    opts: &'a ForwardOptions<'a>,
+}
+
+impl Block {
+    /// Self-attention on `inp` `[B, T, H]` (already normed for pre-norm blocks), up to the
+    /// output projection and the attention hook; appends keys and values to `cache`.
+    fn attend(
+        &self,
+        c: &ModelConfig,
+        i: usize,
+        inp: &Tensor,
+        shared: &BlockInputs,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let (bsz, t, _) = inp.dims3()?;
+        let opts = shared.opts;
+        let (q, k, v) = match &self.proj {
+            AttentionProj::Separate { q, k, v } => {
+                let heads = |y: Tensor, n: usize| y.reshape((bsz, t, n, c.head_dim))?.transpose(1, 2)?.contiguous();
+                (
+                    heads(q.forward(inp, opts)?, c.num_attention_heads)?,
+                    heads(k.forward(inp, opts)?, c.num_key_value_heads)?,
+                    heads(v.forward(inp, opts)?, c.num_key_value_heads)?,
+                )
+            }
+            AttentionProj::Fused { qkv } => {
+                let y = qkv.forward(inp, opts)?.reshape((bsz, t, c.num_attention_heads, 3 * c.head_dim))?;
+                let part = |j: usize| y.narrow(D::Minus1, j * c.head_dim, c.head_dim)?.transpose(1, 2)?.contiguous();
+                (part(0)?, part(1)?, part(2)?)
+            }
+        };
+        let (q, k) = match &shared.rotary {
+            Some(rot) => (rot.apply(&q)?, rot.apply(&k)?),
+            None => (q, k),
+        };
+        let (k, v) = match cache {
+            Some(cache) => cache.append(i, k, v)?,
+            None => (k, v),
+        };
+        // OPT scales q by head_dim^-0.5 before the product, `attention` the scores after it: the
+        // same numbers, as every OPT size has head_dim 64 and 1/8 is exact.
+        let attn = attention(&q, &k, &v, &shared.mask, opts)?;
+        let attn = attn.transpose(1, 2)?.reshape((bsz, t, c.num_attention_heads * c.head_dim))?;
+        let attn = self.out.forward(&attn, opts)?;
+        opts.apply_hook(HookPoint::AttentionOutput, i, attn)
+    }
+
+    /// The MLP on `inp`, up to the MLP hook.
+    fn feed_forward(&self, c: &ModelConfig, i: usize, inp: &Tensor, opts: &ForwardOptions) -> candle_core::Result<Tensor> {
+        let y = match &self.mlp {
+            Mlp::Gated { gate, up, down } => {
+                let g = activation(&c.hidden_act, &gate.forward(inp, opts)?)?;
+                down.forward(&(g * up.forward(inp, opts)?)?, opts)?
+            }
+            Mlp::Plain { fc_in, fc_out } => fc_out.forward(&activation(&c.hidden_act, &fc_in.forward(inp, opts)?)?, opts)?,
+        };
+        opts.apply_hook(HookPoint::MlpOutput, i, y)
+    }
+}
+
 /// A causal language model. Trainable tensors are `Var`s; everything else is a plain tensor.
 pub struct CausalLm {
     pub config: ModelConfig,
     pub device: Device,
     pub dtype: DType,
     embed: Tensor,
+    /// OPT-350m: from the word-embedding width to the blocks' width, and back after them.
+    project_in: Option<Linear>,
+    project_out: Option<Linear>,
+    positions: PositionEncoding,
     blocks: Vec<Block>,
-    final_norm: Norm,
+    residual: Residual,
+    final_norm: Option<Norm>,
     lm_head: Linear,
-    inv_freq: Tensor,
     /// Base weights registered as trainable (full fine-tuning); empty for a frozen base.
     full_params: Vec<(String, Var)>,
     /// Every base weight under its HF name, as loaded (merged adapters included): what
@@ -64,115 +170,12 @@ pub struct CausalLm {
     base_weights: Vec<(String, Tensor)>,
 }
 
-/// Collects tensors, turning them into `Var`s when the whole model is trainable.
-struct Builder<'a> {
-    w: Weights<'a>,
-    trainable: bool,
-    params: Vec<(String, Var)>,
-    loaded: Vec<(String, Tensor)>,
-}
-
-impl Builder<'_> {
-    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.w.get(name, shape)?;
-        self.register(name, t)
-    }
-    fn register(&mut self, name: &str, t: Tensor) -> Result<Tensor> {
-        let t = if self.trainable {
-            let var = Var::from_tensor(&t)?;
-            let t = var.as_tensor().clone();
-            self.params.push((name.to_string(), var));
-            t
-        } else {
-            t
-        };
-        self.loaded.push((name.to_string(), t.clone()));
-        Ok(t)
-    }
-    fn linear(&mut self, module: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let weight = self.tensor(&format!("{module}.weight"), &[out, inp])?;
-        let bias = if bias { Some(self.tensor(&format!("{module}.bias"), &[out])?) } else { None };
-        Ok(Linear::new(module, weight, bias))
-    }
-    fn rms(&mut self, module: &str, dim: usize) -> Result<Norm> {
-        Ok(Norm::Rms { weight: self.tensor(&format!("{module}.weight"), &[dim])? })
-    }
-    fn layer_norm(&mut self, module: &str, dim: usize) -> Result<Norm> {
-        Ok(Norm::Layer { weight: self.tensor(&format!("{module}.weight"), &[dim])?, bias: self.tensor(&format!("{module}.bias"), &[dim])? })
-    }
-}
-
 impl CausalLm {
-    /// Builds the model from HF-named weights. `trainable` makes every base tensor a `Var`
-    /// (full fine-tuning); otherwise the base is frozen and only adapters can train.
-    pub fn load(config: ModelConfig, weights: Weights, trainable: bool) -> Result<Self> {
-        let device = weights.device.clone();
-        let dtype = weights.dtype;
-        let mut b = Builder { w: weights, trainable, params: Vec::new(), loaded: Vec::new() };
-        let c = &config;
-        let (h, v, inter) = (c.hidden_size, c.vocab_size, c.intermediate_size);
-        let (q_dim, kv_dim) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-        let (embed, blocks, final_norm, lm_head) = match c.architecture {
-            Architecture::Llama => {
-                let embed = b.tensor("model.embed_tokens.weight", &[v, h])?;
-                let mut blocks = Vec::with_capacity(c.num_hidden_layers);
-                for i in 0..c.num_hidden_layers {
-                    let p = format!("model.layers.{i}");
-                    blocks.push(Block {
-                        norm1: b.rms(&format!("{p}.input_layernorm"), h)?,
-                        norm2: b.rms(&format!("{p}.post_attention_layernorm"), h)?,
-                        proj: AttentionProj::Separate {
-                            q: b.linear(&format!("{p}.self_attn.q_proj"), q_dim, h, c.attention_bias)?,
-                            k: b.linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, c.attention_bias)?,
-                            v: b.linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, c.attention_bias)?,
-                        },
-                        out: b.linear(&format!("{p}.self_attn.o_proj"), h, q_dim, false)?,
-                        mlp: Mlp::Gated {
-                            gate: b.linear(&format!("{p}.mlp.gate_proj"), inter, h, c.mlp_bias)?,
-                            up: b.linear(&format!("{p}.mlp.up_proj"), inter, h, c.mlp_bias)?,
-                            down: b.linear(&format!("{p}.mlp.down_proj"), h, inter, c.mlp_bias)?,
-                        },
-                    });
-                }
-                let final_norm = b.rms("model.norm", h)?;
-                let lm_head = if c.tie_word_embeddings || !b.w.source.contains("lm_head.weight") {
-                    Linear::new("lm_head", embed.clone(), None)
-                } else {
-                    b.linear("lm_head", v, h, false)?
-                };
-                (embed, blocks, final_norm, lm_head)
-            }
-            Architecture::GptNeox => {
-                let embed = b.tensor("gpt_neox.embed_in.weight", &[v, h])?;
-                let mut blocks = Vec::with_capacity(c.num_hidden_layers);
-                for i in 0..c.num_hidden_layers {
-                    let p = format!("gpt_neox.layers.{i}");
-                    blocks.push(Block {
-                        norm1: b.layer_norm(&format!("{p}.input_layernorm"), h)?,
-                        norm2: b.layer_norm(&format!("{p}.post_attention_layernorm"), h)?,
-                        proj: AttentionProj::Fused { qkv: b.linear(&format!("{p}.attention.query_key_value"), 3 * q_dim, h, true)? },
-                        out: b.linear(&format!("{p}.attention.dense"), h, q_dim, true)?,
-                        mlp: Mlp::Plain {
-                            fc_in: b.linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h, true)?,
-                            fc_out: b.linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, true)?,
-                        },
-                    });
-                }
-                let final_norm = b.layer_norm("gpt_neox.final_layer_norm", h)?;
-                let lm_head =
-                    if c.tie_word_embeddings { Linear::new("embed_out", embed.clone(), None) } else { b.linear("embed_out", v, h, false)? };
-                (embed, blocks, final_norm, lm_head)
-            }
-        };
-        let inv_freq = Tensor::new(config.inv_freq(), &device)?;
-        Ok(Self { config, device, dtype, embed, blocks, final_norm, lm_head, inv_freq, full_params: b.params, base_weights: b.loaded })
-    }
-
     pub fn num_layers(&self) -> usize {
         self.blocks.len()
     }
 
-    /// Final hidden states `[B, T, H]` (after the last norm).
+    /// Final hidden states `[B, T, E]`: what the output head reads (see [`Self::output_hidden`]).
     ///
     /// `input_ids`, `positions`: `[B, T]` u32. `valid[b][t]` is false on padding. With a cache,
     /// keys/values are appended and the mask also covers the cached tokens.
@@ -184,20 +187,47 @@ impl CausalLm {
         mut cache: Option<&mut KvCache>,
         opts: &ForwardOptions,
     ) -> Result<Tensor> {
-        let x = self.embed(input_ids)?;
+        let x = self.embed(input_ids, positions, opts)?;
         let x = self.forward_blocks(x, positions, valid, 0..self.blocks.len(), cache.as_deref_mut(), opts)?;
         if let Some(cache) = cache {
             for (row, v) in cache.valid.iter_mut().zip(valid) {
                 row.extend_from_slice(v);
             }
         }
-        self.final_norm(&x, opts)
+        self.output_hidden(&x, opts)
     }
 
-    /// Token embeddings `[B, T, H]` for ids `[B, T]`.
-    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+    /// The residual stream entering the first block `[B, T, H]` for ids and positions `[B, T]`
+    /// (transformers' `hidden_states[0]`): token embeddings, then OPT's `project_in` and learned
+    /// positions.
+    pub fn embed(&self, input_ids: &Tensor, positions: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
         let (bsz, t) = input_ids.dims2()?;
-        Ok(self.embed.index_select(&input_ids.flatten_all()?, 0)?.reshape((bsz, t, self.config.hidden_size))?)
+        let tokens = self.embed.index_select(&input_ids.flatten_all()?, 0)?.reshape((bsz, t, self.config.word_embed_proj_dim))?;
+        let x = match &self.project_in {
+            Some(p) => p.forward(&tokens, opts)?,
+            None => tokens,
+        };
+        match &self.positions {
+            PositionEncoding::Rotary { .. } => Ok(x),
+            PositionEncoding::Learned { table } => {
+                let rows = self.learned_position_rows(positions)?;
+                let pos = table.index_select(&rows.flatten_all()?, 0)?.reshape((bsz, t, self.config.hidden_size))?;
+                Ok((x + pos)?)
+            }
+        }
+    }
+
+    /// Rows of the learned position table for `positions`, which must lie inside it.
+    fn learned_position_rows(&self, positions: &Tensor) -> Result<Tensor> {
+        let max = self.config.max_position_embeddings;
+        let last = positions.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+        if last >= max {
+            return Err(ModelError::Input(format!(
+                "position {last} is past the {max} positions this {} model learned (max_position_embeddings): shorten the input or the generation",
+                self.config.model_type
+            )));
+        }
+        Ok(positions.broadcast_add(&Tensor::new(LEARNED_POSITION_OFFSET as u32, positions.device())?)?)
     }
 
     /// Runs the blocks `layers` on the residual stream `x` `[B, T, H]` entering the first of
@@ -212,73 +242,61 @@ impl CausalLm {
         mut cache: Option<&mut KvCache>,
         opts: &ForwardOptions,
     ) -> Result<Tensor> {
-        let (bsz, t) = positions.dims2()?;
+        let bsz = positions.dim(0)?;
         let c = &self.config;
         let mask = match cache.as_deref() {
             Some(cache) => causal_padding_mask(&cache.valid, valid, &self.device)?,
             None => causal_padding_mask(&vec![Vec::new(); bsz], valid, &self.device)?,
         };
-        let rot = RotaryAngles::new(positions, &self.inv_freq, self.dtype)?;
+        let rotary = match &self.positions {
+            PositionEncoding::Rotary { inv_freq } => Some(RotaryAngles::new(positions, inv_freq, self.dtype)?),
+            PositionEncoding::Learned { .. } => None,
+        };
+        let shared = BlockInputs { rotary, mask, opts };
         let eps = c.norm_eps;
         for (i, block) in self.blocks.iter().enumerate().skip(layers.start).take(layers.len()) {
-            let normed = block.norm1.forward(&x, eps, opts)?;
-            let (q, k, v) = match &block.proj {
-                AttentionProj::Separate { q, k, v } => {
-                    let heads = |y: Tensor, n: usize| y.reshape((bsz, t, n, c.head_dim))?.transpose(1, 2)?.contiguous();
-                    (
-                        heads(q.forward(&normed, opts)?, c.num_attention_heads)?,
-                        heads(k.forward(&normed, opts)?, c.num_key_value_heads)?,
-                        heads(v.forward(&normed, opts)?, c.num_key_value_heads)?,
-                    )
+            let layer_cache = cache.as_deref_mut();
+            x = match self.residual {
+                Residual::PreNorm => {
+                    let attn = block.attend(c, i, &block.norm1.forward(&x, eps, opts)?, &shared, layer_cache)?;
+                    let h = (x + attn)?;
+                    let m = block.feed_forward(c, i, &block.norm2.forward(&h, eps, opts)?, opts)?;
+                    (h + m)?
                 }
-                AttentionProj::Fused { qkv } => {
-                    let y = qkv.forward(&normed, opts)?.reshape((bsz, t, c.num_attention_heads, 3 * c.head_dim))?;
-                    let part = |j: usize| y.narrow(D::Minus1, j * c.head_dim, c.head_dim)?.transpose(1, 2)?.contiguous();
-                    (part(0)?, part(1)?, part(2)?)
+                Residual::Parallel => {
+                    let attn = block.attend(c, i, &block.norm1.forward(&x, eps, opts)?, &shared, layer_cache)?;
+                    let m = block.feed_forward(c, i, &block.norm2.forward(&x, eps, opts)?, opts)?;
+                    ((x + attn)? + m)?
                 }
-            };
-            let q = rot.apply(&q)?;
-            let k = rot.apply(&k)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(cache) => cache.append(i, k, v)?,
-                None => (k, v),
-            };
-            let attn = attention(&q, &k, &v, &mask, opts)?;
-            let attn = attn.transpose(1, 2)?.reshape((bsz, t, c.num_attention_heads * c.head_dim))?;
-            let attn = block.out.forward(&attn, opts)?;
-            let attn = opts.apply_hook(HookPoint::AttentionOutput, i, attn)?;
-            let mlp = |inp: &Tensor| -> candle_core::Result<Tensor> {
-                let y = match &block.mlp {
-                    Mlp::Gated { gate, up, down } => {
-                        let g = activation(&c.hidden_act, &gate.forward(inp, opts)?)?;
-                        down.forward(&(g * up.forward(inp, opts)?)?, opts)?
-                    }
-                    Mlp::Plain { fc_in, fc_out } => fc_out.forward(&activation(&c.hidden_act, &fc_in.forward(inp, opts)?)?, opts)?,
-                };
-                opts.apply_hook(HookPoint::MlpOutput, i, y)
-            };
-            x = if c.use_parallel_residual {
-                let m = mlp(&block.norm2.forward(&x, eps, opts)?)?;
-                ((x + attn)? + m)?
-            } else {
-                let h = (x + attn)?;
-                let m = mlp(&block.norm2.forward(&h, eps, opts)?)?;
-                (h + m)?
+                Residual::PostNorm => {
+                    let attn = block.attend(c, i, &x, &shared, layer_cache)?;
+                    let h = block.norm1.forward(&(x + attn)?, eps, opts)?;
+                    let m = block.feed_forward(c, i, &h, opts)?;
+                    block.norm2.forward(&(h + m)?, eps, opts)?
+                }
             };
             x = opts.apply_hook(HookPoint::LayerOutput, i, x)?;
         }
         Ok(x)
     }
 
-    /// The final norm applied to the residual stream.
-    pub fn final_norm(&self, x: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
-        Ok(self.final_norm.forward(x, self.config.norm_eps, opts)?)
+    /// What the output heads read, from the residual stream after the blocks: the final norm
+    /// (absent in post-LN OPT), then OPT's `project_out` to the word-embedding width.
+    pub fn output_hidden(&self, x: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
+        let x = match &self.final_norm {
+            Some(norm) => norm.forward(x, self.config.norm_eps, opts)?,
+            None => x.clone(),
+        };
+        Ok(match &self.project_out {
+            Some(p) => p.forward(&x, opts)?,
+            None => x,
+        })
     }
 
-    /// Logit lens: the final norm and the output head applied to an intermediate residual stream.
+    /// Logit lens: the output stage and the output head applied to an intermediate residual stream.
     pub fn lens_logits(&self, hidden: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
-        let normed = self.final_norm.forward(hidden, self.config.norm_eps, opts)?;
-        self.logits(&normed, opts)
+        let out = self.output_hidden(hidden, opts)?;
+        self.logits(&out, opts)
     }
 
     /// Logits in f32 for hidden states of any leading shape.
@@ -292,9 +310,9 @@ impl CausalLm {
         self.logits(&h, opts)
     }
 
-    /// Every linear layer, in module order (the lm_head last).
+    /// Every linear layer, in forward order (the lm_head last).
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        let mut out = Vec::new();
+        let mut out: Vec<&mut Linear> = self.project_in.iter_mut().collect();
         for b in self.blocks.iter_mut() {
             match &mut b.proj {
                 AttentionProj::Separate { q, k, v } => out.extend([q, k, v]),
@@ -306,12 +324,13 @@ impl CausalLm {
                 Mlp::Plain { fc_in, fc_out } => out.extend([fc_in, fc_out]),
             }
         }
+        out.extend(self.project_out.iter_mut());
         out.push(&mut self.lm_head);
         out
     }
 
     pub fn linears(&self) -> Vec<&Linear> {
-        let mut out = Vec::new();
+        let mut out: Vec<&Linear> = self.project_in.iter().collect();
         for b in &self.blocks {
             match &b.proj {
                 AttentionProj::Separate { q, k, v } => out.extend([q, k, v]),
@@ -323,6 +342,7 @@ impl CausalLm {
                 Mlp::Plain { fc_in, fc_out } => out.extend([fc_in, fc_out]),
             }
         }
+        out.extend(self.project_out.iter());
         out.push(&self.lm_head);
         out
     }
@@ -395,6 +415,6 @@ impl CausalLm {
             return Err(super::ModelError::Input("merge or drop the LoRA adapters before making every weight trainable".into()));
         }
         let source = super::weights::TensorSource::new(&self.base_weights);
-        CausalLm::load(self.config.clone(), Weights { source: &source, device: self.device.clone(), dtype: self.dtype }, true)
+        CausalLm::load(self.config.clone(), super::weights::Weights { source: &source, device: self.device.clone(), dtype: self.dtype }, true)
     }
 }

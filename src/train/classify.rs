@@ -84,7 +84,7 @@ impl FrozenPrefix {
         for chunk in distinct.chunks(batch_size.max(1)) {
             let owned: Vec<Vec<u32>> = chunk.iter().map(|s| (*s).clone()).collect();
             let batch = PaddedBatch::new(&owned, 0, Padding::Right, &model.device)?;
-            let x = model.embed(&batch.ids)?;
+            let x = model.embed(&batch.ids, &batch.positions, &opts)?;
             let x = model.forward_blocks(x, &batch.positions, &batch.valid, 0..layer, None, &opts)?;
             for (b, s) in owned.into_iter().enumerate() {
                 let row = x.get(b)?.narrow(0, 0, s.len())?.contiguous()?;
@@ -95,7 +95,7 @@ impl FrozenPrefix {
     }
 
     /// Final hidden states `[B, T, H]` of a right-padded batch of cached sequences: the cached
-    /// prefix, then blocks `layer..` and the final norm with `opts`.
+    /// prefix, then blocks `layer..` and the output stage (`CausalLm::output_hidden`) with `opts`.
     pub fn hidden(&self, model: &CausalLm, seqs: &[Vec<u32>], opts: &ForwardOptions) -> Result<(Tensor, PaddedBatch)> {
         let batch = PaddedBatch::new(seqs, 0, Padding::Right, &model.device)?;
         let width = batch.ids.dim(1)?;
@@ -107,7 +107,7 @@ impl FrozenPrefix {
         }
         let x = Tensor::stack(&rows, 0)?;
         let x = model.forward_blocks(x, &batch.positions, &batch.valid, self.layer..model.num_layers(), None, opts)?;
-        Ok((model.final_norm(&x, opts)?, batch))
+        Ok((model.output_hidden(&x, opts)?, batch))
     }
 }
 
