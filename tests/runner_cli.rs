@@ -568,3 +568,70 @@ fn plan_refuses_out_of_range_training_values() {
         assert!(err.contains(key) && (err.contains("out of range") || err.contains("not a positive finite number")), "{to}: {err}");
     }
 }
+
+#[test]
+fn unlearning_rows_run_end_to_end_and_full_weights_feed_the_next_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path().join("results");
+    let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/specs/tiny_unlearning.toml");
+    let out = run(&["run", spec.to_str().unwrap(), "--results", r.to_str().unwrap(), "--devices", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = |dir: &std::path::Path| -> serde_json::Value { serde_json::from_str(&read(&dir.join("metrics.json"))).unwrap() };
+    let mut methods = Vec::new();
+    for dir in stage_dirs(&r, "unlearn") {
+        let stage: toml::Table = read(&dir.join("stage.toml")).parse().unwrap();
+        let method = stage["method"].as_str().unwrap().to_string();
+        let m = metrics(&dir);
+        assert_eq!(m["train_steps"], 2.0, "{method}");
+        assert!(m["compute_forward_tokens"].as_f64().unwrap() >= m["compute_backward_tokens"].as_f64().unwrap());
+        let lineage: serde_json::Value = serde_json::from_str(&read(&dir.join("lineage.json"))).unwrap();
+        if method == "unlearn" {
+            // Full fine-tuning: the stage saved every weight and later stages start from them.
+            assert!(dir.join("weights/model.safetensors").exists() && !dir.join("adapter").exists());
+            assert_eq!(lineage["weights"].as_str(), dir.file_name().unwrap().to_str());
+            assert!(m["final_forget_loss"].as_f64().unwrap() > 0.0 && m["final_mismatch_loss"].as_f64().unwrap() > 0.0);
+            assert!(
+                m["compute_forward_tokens"].as_f64().unwrap() > m["compute_backward_tokens"].as_f64().unwrap(),
+                "the reference's forwards count"
+            );
+        } else {
+            assert!(dir.join("adapter").exists() && lineage.get("weights").is_none());
+        }
+        methods.push(method);
+    }
+    methods.sort();
+    assert_eq!(methods, ["dpo", "sft", "unlearn"]);
+    // The LoRA stage after full fine-tuning keeps the full weights under its adapter.
+    for dir in stage_dirs(&r, "after") {
+        let lineage: serde_json::Value = serde_json::from_str(&read(&dir.join("lineage.json"))).unwrap();
+        let stage: toml::Table = read(&dir.join("stage.toml")).parse().unwrap();
+        let parent = stage["parent"].as_str().unwrap();
+        let parent_lineage: serde_json::Value = serde_json::from_str(&read(&r.join("stages").join(parent).join("lineage.json"))).unwrap();
+        assert_eq!(lineage["weights"], parent_lineage["weights"]);
+        assert_eq!(lineage["adapters"].as_array().unwrap().last().unwrap().as_str(), dir.file_name().unwrap().to_str());
+    }
+    for dir in stage_dirs(&r, "eval") {
+        let m = metrics(&dir);
+        let sim = m["similarity_rouge_l"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&sim));
+        let records: Vec<serde_json::Value> = read(&dir.join("outputs.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(records.iter().any(|x| x["metric"] == "similarity_rougel" && x["record"].get("original_response").is_some()));
+        // The reward is the reward model's logit `label` on "{prompt}\n{response}".
+        let rm = runner::model::load_classifier(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/llama_seqcls").to_str().unwrap(),
+            &runner::model::LoadOptions::default(),
+        )
+        .unwrap();
+        let rewards: Vec<&serde_json::Value> = records.iter().filter(|x| x["metric"] == "reward").map(|x| &x["record"]).collect();
+        assert_eq!(rewards.len(), 3);
+        let mut sum = 0.0;
+        for rec in rewards {
+            let text = format!("{}\n{}", rec["prompt"].as_str().unwrap(), rec["response"].as_str().unwrap());
+            let want = rm.logits(&[rm.tokenizer.encode(&text, true).unwrap()], 1).unwrap()[0][1];
+            let got = rec["reward"].as_f64().unwrap() as f32;
+            assert!((got - want).abs() < 1e-5, "reward {got} vs the classifier's logit {want}");
+            sum += got as f64;
+        }
+        assert!((m["utility_mean"].as_f64().unwrap() - sum / 3.0).abs() < 1e-5);
+    }
+}

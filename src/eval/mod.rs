@@ -10,6 +10,7 @@
 //! | `harmful_score` | prompts | (`harmful_score`) `<p>`, `<p>_plus` (HS+: flagged or incoherent) |
 //! | `finetune_accuracy` | instructions | (`finetune_acc`) `<p>` |
 //! | `diversity_fluency` | prompts / instructions | (`text`) `<p>_distinct_1`, `<p>_distinct_2`, `<p>_fluency_nll`, `<p>_fluency_ppl` |
+//! | `reward` | prompts / instructions | (`reward`) `<p>_mean`: mean score of a reward model (a sequence-classification checkpoint) on (prompt, answer) |
 //! | `similarity_rougel` | prompts / instructions | (`similarity`) `<p>_rouge_l`: mean ROUGE-L F1 between the model's and the original model's greedy answers |
 //!
 //! Every value of the log-likelihood and text metrics, the harmful score, the fine-tune accuracy
@@ -53,6 +54,7 @@ pub enum MetricSpec {
     Bbq(BbqOptions),
     DiversityFluency(DiversityFluencyOptions),
     SimilarityRougel(SimilarityOptions),
+    Reward(RewardOptions),
 }
 
 /// `multiple_choice`: log-likelihood multiple choice as lm-eval.
@@ -228,6 +230,42 @@ pub struct SimilarityOptions {
     pub prefill: Option<String>,
 }
 
+/// `reward`: the utility of the model's answers as a reward model scores them (LLM unlearning's
+/// "utility reward" on normal prompts). The reward model is an HF `*ForSequenceClassification`
+/// checkpoint of a supported architecture; its input is `template` filled with the prompt, the
+/// answer and its tokenizer's EOS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The reward model (HF directory or hub id in the local HF cache).
+    pub model: String,
+    /// The reward model's input, with `{prompt}`, `{response}` and `{eos}` (default
+    /// `"{prompt}\n{response}"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Which logit is the reward (default: the only one; required when the head has several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<usize>,
+    #[serde(default)]
+    pub prompt_format: PromptFormat,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// The reward model's inputs are cut to this many tokens.
+    #[serde(default = "default_reward_max_len")]
+    pub max_len: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
+}
+
+fn default_reward_max_len() -> usize {
+    512
+}
+
 fn default_batch_size() -> usize {
     8
 }
@@ -257,6 +295,8 @@ pub enum MetricKind {
     DiversityFluency,
     /// ROUGE-L between the model's and the original model's answers.
     SimilarityRougel,
+    /// A reward model's mean score of the answers.
+    Reward,
 }
 
 impl MetricKind {
@@ -272,6 +312,7 @@ impl MetricKind {
             MetricKind::Bbq => "bbq",
             MetricKind::DiversityFluency => "diversity_fluency",
             MetricKind::SimilarityRougel => "similarity_rougel",
+            MetricKind::Reward => "reward",
         }
     }
 
@@ -289,7 +330,8 @@ impl MetricKind {
             | MetricKind::TruthfulqaMc
             | MetricKind::Hhh
             | MetricKind::Bbq
-            | MetricKind::SimilarityRougel => 1,
+            | MetricKind::SimilarityRougel
+            | MetricKind::Reward => 1,
         }
     }
 }
@@ -393,6 +435,7 @@ impl MetricSpec {
             MetricSpec::Bbq(_) => MetricKind::Bbq,
             MetricSpec::DiversityFluency(_) => MetricKind::DiversityFluency,
             MetricSpec::SimilarityRougel(_) => MetricKind::SimilarityRougel,
+            MetricSpec::Reward(_) => MetricKind::Reward,
         }
     }
 
@@ -408,6 +451,7 @@ impl MetricSpec {
             MetricSpec::Bbq(o) => &o.data,
             MetricSpec::DiversityFluency(o) => &o.data,
             MetricSpec::SimilarityRougel(o) => &o.data,
+            MetricSpec::Reward(o) => &o.data,
         }
     }
 
@@ -422,6 +466,7 @@ impl MetricSpec {
             MetricSpec::Bbq(o) => o.name.as_deref(),
             MetricSpec::DiversityFluency(o) => o.name.as_deref(),
             MetricSpec::SimilarityRougel(o) => o.name.as_deref(),
+            MetricSpec::Reward(o) => o.name.as_deref(),
         }
     }
 
@@ -434,11 +479,13 @@ impl MetricSpec {
         }
     }
 
-    /// Another model the metric reads (the fluency reference).
-    pub fn reference_model(&self) -> Option<&str> {
+    /// Another model the metric reads (the fluency or similarity reference, the reward model):
+    /// its key within the metric's table and its path or hub id.
+    pub fn other_model(&self) -> Option<(&'static str, &str)> {
         match self {
-            MetricSpec::DiversityFluency(o) => o.reference_model.as_deref(),
-            MetricSpec::SimilarityRougel(o) => Some(&o.reference_model),
+            MetricSpec::DiversityFluency(o) => o.reference_model.as_deref().map(|m| ("reference_model", m)),
+            MetricSpec::SimilarityRougel(o) => Some(("reference_model", &o.reference_model)),
+            MetricSpec::Reward(o) => Some(("model", &o.model)),
             _ => None,
         }
     }
@@ -470,6 +517,16 @@ impl MetricSpec {
             | MetricSpec::FinetuneAccuracy(_)
             | MetricSpec::JudgeAccuracy(_)
             | MetricSpec::SimilarityRougel(_) => {}
+            MetricSpec::Reward(o) => {
+                if let Some(t) = &o.template {
+                    if !t.contains("{response}") {
+                        return Err(("template".into(), "the reward model's template needs a {response} placeholder".into()));
+                    }
+                }
+                if o.max_len == 0 {
+                    return Err(("max_len".into(), "must be at least 1".into()));
+                }
+            }
         }
         if let Some(j) = self.judge() {
             j.check().map_err(|(key, msg)| (format!("judge.{key}"), msg))?;
@@ -489,6 +546,7 @@ impl MetricSpec {
                 MetricKind::Bbq => "bbq",
                 MetricKind::DiversityFluency => "text",
                 MetricKind::SimilarityRougel => "similarity",
+                MetricKind::Reward => "reward",
             }
             .to_string()
         })
@@ -519,6 +577,7 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
         MetricSpec::Bbq(o) => scored(benchmarks::run_bbq(o, lm, data, &prefix)?),
         MetricSpec::DiversityFluency(o) => scored(text_metrics::run(o, lm, data, &prefix)?),
         MetricSpec::SimilarityRougel(o) => scored(text_metrics::run_similarity(o, lm, data, &prefix)?),
+        MetricSpec::Reward(o) => scored(text_metrics::run_reward(o, lm, data, &prefix)?),
         MetricSpec::HarmfulScore(o) => {
             let judge = o.judge.build(env)?;
             let items = generation::instructions(data)?;

@@ -17,7 +17,7 @@ use super::benchmarks::Output;
 use super::generation::{instructions, GenerationSetup};
 use super::multiple_choice::{is_py_space, prefix_token_id};
 use super::stats::Values;
-use super::{DiversityFluencyOptions, SimilarityOptions};
+use super::{DiversityFluencyOptions, RewardOptions, SimilarityOptions};
 use crate::data::Dataset;
 use crate::model::{load, score_continuations, CausalLm, LoadOptions, LoadedModel, Result, TextTokenizer};
 
@@ -178,6 +178,59 @@ pub fn run_similarity(spec: &SimilarityOptions, lm: &LoadedModel, data: &Dataset
         .zip(originals)
         .zip(&scores)
         .map(|(((prompt, response), original_response), &rouge_l)| SimilarityRecord { prompt, response, original_response, rouge_l })
+        .collect();
+    Ok((values, records.iter().map(|r| serde_json::to_value(r).expect("record serializes")).collect()))
+}
+
+#[derive(Serialize)]
+pub struct RewardRecord {
+    pub prompt: String,
+    pub response: String,
+    pub reward: f32,
+}
+
+/// `metric = "reward"`: greedy answers to the prompts, scored by a reward model; `<p>_mean` is the
+/// mean score. The prompt given to the reward model is the dataset's question (the item's
+/// instruction and input), not the rendered generation prompt.
+pub fn run_reward(spec: &RewardOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
+    let items = instructions(data)?;
+    let (_, responses) = greedy_answers(lm, data, spec.prompt_format, spec.prefill.clone(), spec.max_new_tokens, spec.batch_size)?;
+    let opts = LoadOptions { device: lm.model.device.clone(), dtype: lm.model.dtype, trainable: false };
+    let rm = crate::model::load_classifier(&spec.model, &opts)?;
+    let n_labels = rm.head.num_labels();
+    let label = match spec.label {
+        Some(l) if l < n_labels => l,
+        None if n_labels == 1 => 0,
+        other => {
+            return Err(crate::model::ModelError::Input(format!(
+                "reward model {}: it has {n_labels} logits; `label` ({other:?}) must name the one that is the reward",
+                spec.model
+            )))
+        }
+    };
+    let template = spec.template.as_deref().unwrap_or("{prompt}\n{response}");
+    let template = super::judge::JudgeTemplate { text: template.to_string() };
+    let specials = rm.tokenizer.special_tokens();
+    let eos = rm.tokenizer.eos_token.clone().unwrap_or_default();
+    let questions: Vec<String> =
+        items.iter().map(|i| if i.input.is_empty() { i.instruction.clone() } else { format!("{}\n{}", i.instruction, i.input) }).collect();
+    let mut seqs = Vec::with_capacity(responses.len());
+    for (q, r) in questions.iter().zip(&responses) {
+        let strip = |t: &str| super::judge::strip_control_tokens(t, &specials);
+        let mut ids = rm.tokenizer.encode(&template.render(&strip(q), &strip(r), &eos), true)?;
+        ids.truncate(spec.max_len.max(1));
+        seqs.push(ids);
+    }
+    let rewards: Vec<f32> = rm.logits(&seqs, spec.batch_size)?.into_iter().map(|l| l[label]).collect();
+    let mut values = BTreeMap::new();
+    let mut v = Values { map: &mut values, prefix };
+    let as_f64: Vec<f64> = rewards.iter().map(|&x| x as f64).collect();
+    v.put_mean("mean", &as_f64, 1.0);
+    let records: Vec<RewardRecord> = questions
+        .into_iter()
+        .zip(responses)
+        .zip(rewards)
+        .map(|((prompt, response), reward)| RewardRecord { prompt, response, reward })
         .collect();
     Ok((values, records.iter().map(|r| serde_json::to_value(r).expect("record serializes")).collect()))
 }

@@ -57,8 +57,8 @@ impl StageInputs for EvalParams {
             if let Some(model) = m.judge().and_then(|j| j.model.as_deref()) {
                 v.push((format!("metrics.{i}.judge.model"), model));
             }
-            if let Some(model) = m.reference_model() {
-                v.push((format!("metrics.{i}.reference_model"), model));
+            if let Some((key, model)) = m.other_model() {
+                v.push((format!("metrics.{i}.{key}"), model));
             }
         }
         v

@@ -415,6 +415,10 @@ impl CausalLm {
             return Err(super::ModelError::Input("merge or drop the LoRA adapters before making every weight trainable".into()));
         }
         let source = super::weights::TensorSource::new(&self.base_weights);
-        CausalLm::load(self.config.clone(), super::weights::Weights { source: &source, device: self.device.clone(), dtype: self.dtype }, true)
+        CausalLm::load(
+            self.config.clone(),
+            super::weights::Weights { source: &source, device: self.device.clone(), dtype: self.dtype },
+            true,
+        )
     }
 }

@@ -1,0 +1,70 @@
+//! The unlearning specs keep their evaluation data apart from what the train stage reads: the
+//! unseen harmful prompts and the normal prompts (similarity to the original) are trained on by
+//! no row of the sweep, and the "unlearned" prompts are the ones the forget stream reaches in its
+//! steps (the paper's seen set). Each spec is planned as `runner plan` plans it and every dataset
+//! a stage reads is loaded.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use runner::data::{self, DataSpec, Dataset, Items};
+use runner::plan::{Plan, PlannedStage};
+
+fn plan(spec: &str) -> Plan {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(spec);
+    let loaded = runner::spec::load(&path, &[]).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    runner::plan::build_lenient(&loaded, &runner::methods::Registry::new(&path)).unwrap_or_else(|e| panic!("{spec}: {e}"))
+}
+
+fn load(stage: &PlannedStage, name: &str) -> Dataset {
+    let spec: DataSpec = toml::Value::Table(stage.config.data[name].clone()).try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
+    data::load(&spec, Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The questions (prompts) of a dataset, whatever its kind.
+fn prompts(d: &Dataset) -> Vec<String> {
+    match d.items() {
+        Items::Instructions(v) => v.iter().map(|i| i.instruction.clone()).collect(),
+        Items::Prompts(v) => v.iter().map(|p| p.prompt.clone()).collect(),
+        Items::Preferences(v) => v.iter().map(|p| p.prompt.clone()).collect(),
+        Items::MultipleChoice(v) => v.iter().map(|q| q.question.clone()).collect(),
+        other => panic!("no prompts in {:?}", other.kind()),
+    }
+}
+
+fn stages<'a>(plan: &'a Plan, name: &str) -> Vec<&'a PlannedStage> {
+    plan.stages.iter().filter(|s| s.config.name == name).collect()
+}
+
+#[test]
+fn the_cpu_spec_evaluates_on_prompts_it_does_not_train_on() {
+    let plan = plan("experiments/unlearning_cpu.toml");
+    let mut trained = BTreeSet::new();
+    let mut forget_order: Option<Vec<String>> = None;
+    let mut max_steps_batch = 0;
+    for stage in stages(&plan, "train") {
+        for name in stage.config.data.keys() {
+            trained.extend(prompts(&load(stage, name)));
+        }
+        if stage.config.method.as_deref() == Some("unlearn") {
+            let forget = stage.config.params["data"].as_str().unwrap();
+            forget_order = Some(prompts(&load(stage, forget)));
+            let p = &stage.config.params;
+            max_steps_batch = (p["max_steps"].as_integer().unwrap() * p["batch_size"].as_integer().unwrap()) as usize;
+        }
+    }
+    let eval = stages(&plan, "eval");
+    assert!(!eval.is_empty() && !trained.is_empty());
+    for stage in eval {
+        for name in ["unseen", "normal"] {
+            let held_out = prompts(&load(stage, name));
+            assert!(!held_out.is_empty());
+            let shared: Vec<&String> = held_out.iter().filter(|p| trained.contains(*p)).collect();
+            assert!(shared.is_empty(), "`{name}` prompts that a train stage reads: {shared:?}");
+        }
+        // The unlearned prompts are those the forget stream reaches (file order).
+        let seen = prompts(&load(stage, "seen"));
+        let reached: BTreeSet<&String> = forget_order.as_ref().unwrap().iter().take(max_steps_batch).collect();
+        assert!(seen.iter().all(|p| reached.contains(p)), "every unlearned prompt is one the forget steps reach");
+    }
+}
