@@ -842,3 +842,19 @@ fn shipped_data_is_small_and_documented() {
         }
     }
 }
+
+#[test]
+fn preference_pairs_view_as_two_way_choices_with_the_preferred_answer_correct() {
+    let pairs = load_ok(&spec(Format::PkuSaferlhfPairs, "data/pku_saferlhf/pairs_test_100prompts.json"));
+    let mut s = spec(Format::PkuSaferlhfPairs, "data/pku_saferlhf/pairs_test_100prompts.json");
+    s.view = Some(runner::data::Kind::MultipleChoice);
+    let mc = load_ok(&s);
+    let (p, m) = (pairs.as_preferences().unwrap(), mc.as_multiple_choice().unwrap());
+    assert_eq!(p.len(), m.len());
+    for (pair, item) in p.iter().zip(m) {
+        assert_eq!((item.question.as_str(), item.gold.as_slice()), (pair.prompt.as_str(), &[0][..]));
+        assert_eq!(item.choices, vec![pair.chosen.clone(), pair.rejected.clone()]);
+        assert_eq!(pair.chosen_safe, Some(true), "the shipped pairs put the safe answer first");
+    }
+    assert_eq!(mc.source_rows(), pairs.source_rows());
+}

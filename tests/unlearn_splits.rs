@@ -56,15 +56,17 @@ fn the_cpu_spec_evaluates_on_prompts_it_does_not_train_on() {
     let eval = stages(&plan, "eval");
     assert!(!eval.is_empty() && !trained.is_empty());
     for stage in eval {
-        for name in ["unseen", "normal"] {
+        for name in ["unseen", "unseen_pairs", "normal"] {
             let held_out = prompts(&load(stage, name));
             assert!(!held_out.is_empty());
             let shared: Vec<&String> = held_out.iter().filter(|p| trained.contains(*p)).collect();
             assert!(shared.is_empty(), "`{name}` prompts that a train stage reads: {shared:?}");
         }
         // The unlearned prompts are those the forget stream reaches (file order).
-        let seen = prompts(&load(stage, "seen"));
         let reached: BTreeSet<&String> = forget_order.as_ref().unwrap().iter().take(max_steps_batch).collect();
-        assert!(seen.iter().all(|p| reached.contains(p)), "every unlearned prompt is one the forget steps reach");
+        for name in ["seen", "seen_pairs"] {
+            let seen = prompts(&load(stage, name));
+            assert!(!seen.is_empty() && seen.iter().all(|p| reached.contains(p)), "every `{name}` prompt is one the forget steps reach");
+        }
     }
 }

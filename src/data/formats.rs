@@ -593,6 +593,25 @@ pub(crate) fn convert(items: Items, rows: Vec<usize>, format: Format, to: Kind) 
             }
             Items::Instructions(out)
         }
+        // The pair as a two-way choice, the preferred (safer) response correct: whether a model
+        // finds the safe answer more likely than the harmful one, without a judge.
+        (Items::Preferences(v), Kind::MultipleChoice) => {
+            out_rows = rows.clone();
+            Items::MultipleChoice(
+                v.into_iter()
+                    .zip(rows)
+                    .map(|(p, r)| MultipleChoice {
+                        id: format!("pair/{r}"),
+                        context: String::new(),
+                        question: p.prompt,
+                        choices: vec![p.chosen, p.rejected],
+                        gold: vec![0],
+                        category: None,
+                        meta: BTreeMap::new(),
+                    })
+                    .collect(),
+            )
+        }
         // One prompt per record, repeated prompts kept (Booster's pred.py takes the first N
         // unsafe rows as they come).
         (Items::Preferences(v), Kind::Prompts) => {
