@@ -97,12 +97,7 @@ pub struct TextRecord {
 /// `<p>_distinct_2`, `<p>_fluency_nll`, `<p>_fluency_ppl` (fluency keys are left out when no
 /// output has a token, the paper's "not measurable").
 pub fn run(spec: &DiversityFluencyOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
-    let items = instructions(data)?;
-    let (conversations, generator) =
-        GenerationSetup::greedy(spec.prompt_format, spec.prefill.clone(), spec.max_new_tokens, spec.batch_size, &Default::default())
-            .prepare(lm, data.template(), &items)?;
-    let (prompts, responses): (Vec<String>, Vec<String>) =
-        generator.generate(&conversations)?.into_iter().map(|r| (r.prompt, r.text)).unzip();
+    let (prompts, responses) = greedy_answers(lm, data, spec.prompt_format, spec.prefill.clone(), spec.max_new_tokens, spec.batch_size)?;
     let reference;
     let scorer = match &spec.reference_model {
         Some(path) => {

@@ -201,7 +201,7 @@ impl Batch for QaBatch {
 }
 
 /// Tokenizes `prompt + answer` without an end-of-sequence token (the official format), cut at
-/// `max_len`; labels supervise the tokens from `supervise_from` on (the prompt's token count for
+/// `max_len`; labels supervise the tokens from `from` on (the prompt's token count for
 /// the answer; 3 for the official mismatch loss, which weights positions from 2 on).
 pub fn qa_example(tok: &TextTokenizer, prompt: &str, answer: &str, max_len: usize, from: SuperviseFrom) -> Result<QaExample> {
     let mut ids = tok.encode(&format!("{prompt}{answer}"), true)?;
