@@ -32,9 +32,9 @@ use std::cell::Cell;
 
 use super::params::{check_range, MethodOptions, StageInputs, Trained, Validate};
 use super::sft::{Finetune, Trainee};
-use crate::data::{Dataset, Instruction, Items, Template};
-use crate::eval::generation::{render_prompt, PromptFormat};
-use crate::model::{CausalLm, ForwardOptions, LoadedModel, ModelError, Result, TextTokenizer};
+use crate::data::{Dataset, Items};
+use crate::eval::generation::PromptFormat;
+use crate::model::{CausalLm, ForwardOptions, ModelError, Result, TextTokenizer};
 use crate::plan::ParamError;
 use crate::spec::StageKind;
 use crate::stage::{Metrics, StageContext, StageError};
@@ -226,7 +226,7 @@ pub enum SuperviseFrom {
 /// cross-entropy over (their count + 1), averaged over the sequences that have any.
 pub fn answer_loss(model: &CausalLm, batch: &TrainBatch, opts: &ForwardOptions) -> Result<Tensor> {
     let t = token_logits(model, batch, opts)?;
-    let per_token = per_token_ce(&t.logits, &t.targets)?;
+    let per_token = t.target_logprobs()?.neg()?;
     let mut counts = vec![0usize; t.sequences];
     for &s in &t.sequence {
         counts[s] += 1;
@@ -236,12 +236,6 @@ pub fn answer_loss(model: &CausalLm, batch: &TrainBatch, opts: &ForwardOptions) 
     let weights: Vec<f32> = t.sequence.iter().map(|&s| 1.0 / ((counts[s] + 1) as f32 * used as f32)).collect();
     let w = Tensor::from_vec(weights, t.sequence.len(), per_token.device())?;
     Ok((per_token * w)?.sum_all()?)
-}
-
-/// `-log softmax(logits)[target]` per row.
-fn per_token_ce(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-    let lp = log_softmax(logits)?;
-    lp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
 }
 
 /// The retain term: the divergence of the current model from the reference at the batch's
@@ -366,10 +360,6 @@ fn pool_answers(ds: &Dataset) -> std::result::Result<Vec<String>, String> {
     }
 }
 
-fn render(lm: &LoadedModel, template: &Template, items: &[Instruction]) -> std::result::Result<Vec<String>, StageError> {
-    items.iter().map(|i| Ok(render_prompt(lm, template, i, PromptFormat::Template)?)).collect()
-}
-
 /// The `unlearn` method.
 pub struct Unlearn;
 
@@ -394,8 +384,8 @@ impl super::TypedMethod for Unlearn {
         let qa = |name: &str| -> std::result::Result<Vec<(String, String)>, StageError> {
             let ds = ctx.dataset(name)?;
             let items = ds.as_instructions().map_err(|e| err(format!("`{name}`: {e}")))?;
-            let prompts = render(lm, ds.template(), items)?;
-            Ok(prompts.into_iter().zip(items.iter().map(|i| i.output.clone())).collect())
+            let pairs = super::sft::render_pairs(lm, ds.template(), items, PromptFormat::Template)?;
+            Ok(pairs.into_iter().map(|p| (p.prompt, p.response)).collect())
         };
         let forget = qa(&p.params.data)?;
         let retain = qa(&up.retain)?;
