@@ -155,6 +155,12 @@ fn llm_judge_records_unparsed_outputs_or_fails_naming_the_option() {
         let e = strict.judge(&items).unwrap_err().to_string();
         assert!(e.contains("judge.unparsed"), "{e}");
     }
+    // A prefill starts the guard's answer: the prompt ends with it, and the verdict is read after it.
+    let mut prefilled = LlmJudge::new("llm", load(), None, 4, Unparsed::Unsafe, 2).unwrap();
+    let plain = prefilled.prompt_text("q", "a").unwrap();
+    prefilled.prefill = Some("The answer is:".into());
+    assert_eq!(prefilled.prompt_text("q", "a").unwrap(), format!("{plain}The answer is:"));
+    assert_eq!(prefilled.outputs(&items).unwrap().len(), 2);
     // A model without a chat template is refused up front.
     let clf_dir = tiny("gpt_neox");
     let mut lm = model::load(clf_dir.to_str().unwrap(), &LoadOptions::default()).unwrap();

@@ -615,7 +615,7 @@ fn unlearning_rows_run_end_to_end_and_full_weights_feed_the_next_stage() {
         let sim = m["similarity_rouge_l"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&sim));
         let records: Vec<serde_json::Value> = read(&dir.join("outputs.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert!(records.iter().any(|x| x["metric"] == "similarity_rougel" && x["record"].get("original_response").is_some()));
+        assert!(records.iter().any(|x| x["metric"] == "similarity_rougel" && x["record"].get("reference").is_some()));
         // The reward is the reward model's logit `label` on "{prompt}\n{response}".
         let rm = runner::model::load_classifier(
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/llama_seqcls").to_str().unwrap(),

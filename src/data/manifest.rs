@@ -18,6 +18,15 @@ pub struct Producer {
     pub method: String,
     pub method_version: u32,
     pub seed: u64,
+    /// The base model (path) and the stages whose adapters or weights it ran with.
+    #[serde(default)]
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<String>,
+    /// The versioned parts the stage used, e.g. the request templates of a review stage
+    /// (`request.ma-guided-analysis.reconstructed`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub components: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,7 +98,15 @@ mod tests {
     use crate::data::{load, DataSpec, Instruction, LabeledResponse, Preference, Prompt};
 
     fn producer() -> Producer {
-        Producer { stage: "gen-0123".into(), method: "respond".into(), method_version: 1, seed: 3 }
+        Producer {
+            stage: "gen-0123".into(),
+            method: "respond".into(),
+            method_version: 1,
+            seed: 3,
+            model: "m".into(),
+            lineage: vec!["train-01".into()],
+            components: [("request.x".to_string(), 1)].into(),
+        }
     }
 
     #[test]

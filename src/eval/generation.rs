@@ -339,6 +339,10 @@ pub struct HarmfulRecord {
     /// The strategy's turns before the final response (none for `plain`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub turns: Vec<Turn>,
+    /// The prompt as the model saw it (rendered, prefill included), when a strategy other than
+    /// `plain` changed it (a hint); `prompt` is the dataset's, which the judge reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asked: Option<String>,
 }
 
 /// The Booster repo's `coherence_check` (poison/evaluation/eval_sentiment.py): characters other
@@ -389,6 +393,7 @@ pub fn harmful_score(
             score: v.score,
             reason: v.reason,
             incoherent: !is_coherent(&o.response.text),
+            asked: (setup.strategy.name() != "plain").then(|| o.response.prompt.clone()),
             prefill: o.response.prefill,
             turns: o.turns,
         })

@@ -175,6 +175,11 @@ pub const BEAVERDAM_TEMPLATE: &str = include_str!("../../data/templates/beaverda
 /// A Llama-Guard-style guard prompt for chat models (see data/SOURCES.md).
 pub const LLM_GUARD_TEMPLATE: &str = include_str!("../../data/templates/llm_guard.txt");
 
+/// Mistake analysis's discrimination check (reconstructed, `data/templates/mistake_analysis/`): is
+/// an answer harmful, asked plainly or with the hint that it may contain a mistake.
+pub const MA_SELF_CHECK_TEMPLATE: &str = include_str!("../../data/templates/mistake_analysis/self_check.txt");
+pub const MA_SELF_CHECK_HINTED_TEMPLATE: &str = include_str!("../../data/templates/mistake_analysis/self_check_hinted.txt");
+
 /// The text a model judge reads: `{prompt}`, `{response}` and `{eos}` (the judge tokenizer's eos
 /// token) are filled in one pass, so placeholder-like text inside a response stays literal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,15 +188,18 @@ pub struct JudgeTemplate {
 }
 
 impl JudgeTemplate {
-    /// A built-in name (`beaverdam`, `llm_guard`) or inline text containing `{response}`.
+    /// A built-in name (`beaverdam`, `llm_guard`, `ma-self-check`, `ma-self-check-hinted`) or
+    /// inline text containing `{response}`.
     pub fn resolve(name_or_text: &str) -> Result<Self, String> {
         let text = match name_or_text {
             "beaverdam" => BEAVERDAM_TEMPLATE,
             "llm_guard" => LLM_GUARD_TEMPLATE,
+            "ma-self-check" => MA_SELF_CHECK_TEMPLATE,
+            "ma-self-check-hinted" => MA_SELF_CHECK_HINTED_TEMPLATE,
             t if t.contains("{response}") => t,
             other => {
                 return Err(format!(
-                    "{other:?} is neither a built-in template (beaverdam, llm_guard) nor a template text with a {{response}} placeholder"
+                    "{other:?} is neither a built-in template (beaverdam, llm_guard, ma-self-check, ma-self-check-hinted) nor a template text with a {{response}} placeholder"
                 ))
             }
         };
@@ -420,6 +428,8 @@ pub struct LlmJudge {
     pub max_new_tokens: usize,
     pub unparsed: Unparsed,
     pub batch_size: usize,
+    /// The start of the guard's answer; the verdict is the first word after it.
+    pub prefill: Option<String>,
     specials: Vec<String>,
 }
 
@@ -434,21 +444,31 @@ impl LlmJudge {
     ) -> Result<Self, ModelError> {
         lm.tokenizer.template().map_err(|e| ModelError::Input(format!("judge kind \"llm\" needs a chat model: {e}")))?;
         let specials = lm.tokenizer.special_tokens();
-        Ok(Self { name: name.to_string(), lm, template, max_new_tokens: max_new_tokens.max(1), unparsed, batch_size, specials })
+        Ok(Self {
+            name: name.to_string(),
+            lm,
+            template,
+            max_new_tokens: max_new_tokens.max(1),
+            unparsed,
+            batch_size,
+            prefill: None,
+            specials,
+        })
     }
 
     /// The guard conversation for one item; control tokens and the judge tokenizer's special
     /// tokens are stripped from prompt and response.
     pub fn conversation(&self, prompt: &str, response: &str) -> Conversation {
         let (p, r) = (strip_control_tokens(prompt, &self.specials), strip_control_tokens(response, &self.specials));
-        match &self.template {
+        let c = match &self.template {
             Some(t) => Conversation::user(&t.render(&p, &r, "")),
             None => {
                 let mut c = Conversation::user(&p);
                 c.push("assistant", &r);
                 c
             }
-        }
+        };
+        c.with_prefill(self.prefill.as_deref())
     }
 
     /// The guard prompt for one item (chat template applied, generation prompt added).
@@ -511,7 +531,7 @@ impl JudgeSpec {
             Llm => "llm",
             Trained => "trained",
         };
-        let owned: [(&str, bool, &[JudgeKind]); 11] = [
+        let owned: [(&str, bool, &[JudgeKind]); 12] = [
             ("phrases", self.phrases.is_some(), &[Refusal]),
             ("model", self.model.is_some(), &[Classifier, Llm]),
             ("template", self.template.is_some(), &[Classifier, Llm]),
@@ -523,6 +543,7 @@ impl JudgeSpec {
             ("stage", self.stage.is_some(), &[Trained]),
             ("max_new_tokens", self.max_new_tokens.is_some(), &[Llm]),
             ("unparsed", self.unparsed.is_some(), &[Llm]),
+            ("prefill", self.prefill.is_some(), &[Llm]),
         ];
         for (key, set, kinds) in owned {
             if set && !kinds.contains(&self.kind) {
@@ -596,7 +617,8 @@ pub fn build_model_judge(spec: &JudgeSpec, env: &JudgeEnv) -> Result<Box<dyn Jud
                 "conversation" => None,
                 t => Some(JudgeTemplate::resolve(t).map_err(ModelError::Input)?),
             };
-            let j = LlmJudge::new("llm", lm, template, spec.max_new_tokens.unwrap_or(10), spec.unparsed.unwrap_or_default(), batch)?;
+            let mut j = LlmJudge::new("llm", lm, template, spec.max_new_tokens.unwrap_or(10), spec.unparsed.unwrap_or_default(), batch)?;
+            j.prefill = spec.prefill.clone();
             Ok(Box::new(j))
         }
         JudgeKind::Trained => {
@@ -756,6 +778,8 @@ mod tests {
         assert!(spec("kind = \"trained\"\nstage = \"judge\"\nthreshold = 0.7").check().is_ok());
         assert!(spec("kind = \"classifier\"\nmodel = \"m\"\nunsafe_label = \"unsafe\"\nmax_len = 256").check().is_ok());
         assert!(spec("kind = \"llm\"\nmodel = \"m\"\ntemplate = \"conversation\"\nunparsed = \"unsafe\"").check().is_ok());
+        assert!(spec("kind = \"llm\"\nmodel = \"m\"\nprefill = \"The answer is:\"").check().is_ok());
+        assert_eq!(spec("kind = \"refusal\"\nprefill = \"x\"").check().unwrap_err().0, "prefill");
         let e = |t: &str| spec(t).check().unwrap_err();
         assert_eq!(e("kind = \"classifier\"").0, "model");
         assert_eq!(e("kind = \"trained\"").0, "stage");

@@ -218,8 +218,11 @@ pub struct SimilarityOptions {
     pub data: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The original model (path or hub id): its answers are the reference texts.
-    pub reference_model: String,
+    /// The original model (path or hub id): its greedy answers are the reference texts. Without
+    /// it, the references are the dataset's own answers (`output` of instruction records), a
+    /// reference-based helpfulness score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
     #[serde(default)]
     pub prompt_format: PromptFormat,
     #[serde(default = "default_max_new_tokens")]
@@ -378,6 +381,10 @@ pub struct JudgeSpec {
     /// llm: what output starting with neither `safe` nor `unsafe` counts as (default: an error).
     #[serde(default)]
     pub unparsed: Option<judge::Unparsed>,
+    /// llm: the start of the guard's answer, which its verdict continues (e.g. "The answer is:"
+    /// for a small chat model that does not answer in one word otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -484,7 +491,7 @@ impl MetricSpec {
     pub fn other_model(&self) -> Option<(&'static str, &str)> {
         match self {
             MetricSpec::DiversityFluency(o) => o.reference_model.as_deref().map(|m| ("reference_model", m)),
-            MetricSpec::SimilarityRougel(o) => Some(("reference_model", &o.reference_model)),
+            MetricSpec::SimilarityRougel(o) => o.reference_model.as_deref().map(|m| ("reference_model", m)),
             MetricSpec::Reward(o) => Some(("model", &o.model)),
             _ => None,
         }
@@ -530,6 +537,11 @@ impl MetricSpec {
         }
         if let Some(j) = self.judge() {
             j.check().map_err(|(key, msg)| (format!("judge.{key}"), msg))?;
+        }
+        if let MetricSpec::HarmfulScore(HarmfulScoreOptions { strategy, .. })
+        | MetricSpec::FinetuneAccuracy(FinetuneAccuracyOptions { strategy, .. }) = self
+        {
+            strategy.check().map_err(|(key, msg)| (format!("strategy.{key}"), msg))?;
         }
         Ok(())
     }

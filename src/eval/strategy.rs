@@ -6,6 +6,7 @@
 //! | `strategy` | rounds |
 //! |---|---|
 //! | `{ kind = "plain" }` (default) | one generation per conversation |
+//! | `{ kind = "hint", suffix = "...", system = "...", prefill = "..." }` | one generation, with text added to what the model is asked |
 //!
 //! Adding a strategy: a type implementing [`Strategy`], a variant of [`StrategySpec`] with its
 //! options, and its arm in [`StrategySpec::build`].
@@ -77,12 +78,79 @@ impl Strategy for Plain {
     }
 }
 
+/// One generation per conversation, with text added to what the model is asked: a suffix to the
+/// last user message (mistake analysis's guided response generation and its induction hint), a
+/// system message, appended to the conversation's own if it has one (a Self-reminder), and an
+/// assistant prefill the answer continues (Chain of Hindsight's "A good answer:"); `stop` cuts the
+/// response where that text starts (Chain of Hindsight's "A bad answer:"). The suffix
+/// goes after the user message, so it needs a chat format (`prompt_format = "chat"` or a named
+/// one): with `"template"` the whole rendered template is the user message.
+pub struct Hint {
+    pub suffix: Option<String>,
+    pub system: Option<String>,
+    pub prefill: Option<String>,
+    pub stop: Option<String>,
+}
+
+impl Hint {
+    /// The conversation as the model is asked it.
+    pub fn apply(&self, conversation: &Conversation) -> Conversation {
+        let mut c = conversation.clone();
+        if let Some(suffix) = &self.suffix {
+            if let Some(user) = c.messages.iter_mut().rev().find(|m| m.role == "user") {
+                user.content.push_str(suffix);
+            }
+        }
+        if let Some(system) = &self.system {
+            match c.messages.iter_mut().find(|m| m.role == "system") {
+                Some(own) => own.content.push_str(system),
+                None => c = c.with_system(system),
+            }
+        }
+        if let Some(prefill) = &self.prefill {
+            c.prefill = Some(format!("{}{prefill}", c.prefill.unwrap_or_default()));
+        }
+        c
+    }
+}
+
+impl Strategy for Hint {
+    fn name(&self) -> &str {
+        "hint"
+    }
+    fn run(&self, conversations: &[Conversation], generator: &dyn Generate) -> Result<Vec<Outcome>> {
+        let hinted: Vec<Conversation> = conversations.iter().map(|c| self.apply(c)).collect();
+        let mut outcomes = Plain.run(&hinted, generator)?;
+        if let Some(stop) = self.stop.as_deref().filter(|s| !s.is_empty()) {
+            for o in &mut outcomes {
+                if let Some(i) = o.response.text.find(stop) {
+                    o.response.text.truncate(i);
+                    let kept = o.response.text.trim_end().len();
+                    o.response.text.truncate(kept);
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
 /// `strategy = { kind = "..." }` of a generation metric.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StrategySpec {
     /// A struct variant, so that unknown keys beside `kind` are errors.
     Plain {},
+    /// See [`Hint`]; at least one of the three.
+    Hint {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        suffix: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefill: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop: Option<String>,
+    },
 }
 
 impl Default for StrategySpec {
@@ -96,9 +164,25 @@ impl StrategySpec {
         matches!(self, Self::Plain {})
     }
 
+    /// Checks values the types do not express: (key, message).
+    pub fn check(&self) -> std::result::Result<(), (String, String)> {
+        match self {
+            Self::Plain {} => Ok(()),
+            Self::Hint { suffix, system, prefill, .. } => {
+                if [suffix, system, prefill].iter().all(|t| t.as_deref().unwrap_or_default().is_empty()) {
+                    return Err(("suffix".into(), "a hint needs a non-empty `suffix`, `system` or `prefill`".into()));
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub fn build(&self) -> Box<dyn Strategy> {
         match self {
             Self::Plain {} => Box::new(Plain),
+            Self::Hint { suffix, system, prefill, stop } => {
+                Box::new(Hint { suffix: suffix.clone(), system: system.clone(), prefill: prefill.clone(), stop: stop.clone() })
+            }
         }
     }
 }
@@ -106,6 +190,7 @@ impl StrategySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::chat::Message;
     use crate::model::generate::FinishReason;
     use std::cell::RefCell;
 
@@ -143,6 +228,48 @@ mod tests {
         assert_eq!(out.iter().map(|o| o.response.text.as_str()).collect::<Vec<_>>(), ["1", "2"]);
         assert_eq!(out[1].response.prompt, "s|b");
         assert!(out.iter().all(|o| o.turns.is_empty()));
+    }
+
+    #[test]
+    fn hint_adds_its_texts_to_what_the_model_is_asked() {
+        let g = Counting { asked: RefCell::new(Vec::new()) };
+        let spec: StrategySpec =
+            toml::from_str("kind = \"hint\"\nsuffix = \" (harmless)\"\nsystem = \" Be safe.\"\nprefill = \"A good answer:\"").unwrap();
+        spec.check().unwrap();
+        let cs = [Conversation::user("q1"), Conversation::user("q2").with_system("Own.").with_prefill(Some("P "))];
+        let out = spec.build().run(&cs, &g).unwrap();
+        let asked = &g.asked.borrow()[0];
+        assert_eq!(asked[0].messages, [Message::new("system", " Be safe."), Message::new("user", "q1 (harmless)")]);
+        assert_eq!(asked[0].prefill.as_deref(), Some("A good answer:"));
+        assert_eq!(asked[1].messages, [Message::new("system", "Own. Be safe."), Message::new("user", "q2 (harmless)")]);
+        assert_eq!(asked[1].prefill.as_deref(), Some("P A good answer:"));
+        // The conversations the metric built are left as they were; the response shows the hinted prompt.
+        assert_eq!(cs[0].messages.len(), 1);
+        assert_eq!(out[0].response.prompt, " Be safe.|q1 (harmless)");
+        assert!(out.iter().all(|o| o.turns.is_empty()));
+        // Only the user's last message gets the suffix.
+        let mut c = Conversation::user("a");
+        c.push("assistant", "b");
+        c.push("user", "c");
+        let h = Hint { suffix: Some("!".into()), system: None, prefill: None, stop: None }.apply(&c);
+        assert_eq!(h.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["a", "b", "c!"]);
+    }
+
+    #[test]
+    fn hint_cuts_the_response_at_its_stop_text() {
+        // Counting answers with the message count: "1" for one message; a stop text in it cuts it.
+        let g = Counting { asked: RefCell::new(Vec::new()) };
+        let spec: StrategySpec = toml::from_str("kind = \"hint\"\nprefill = \"A good answer:\"\nstop = \"1\"").unwrap();
+        assert_eq!(spec.build().run(&[Conversation::user("q")], &g).unwrap()[0].response.text, "");
+        let spec: StrategySpec = toml::from_str("kind = \"hint\"\nprefill = \"A good answer:\"\nstop = \"bad\"").unwrap();
+        assert_eq!(spec.build().run(&[Conversation::user("q")], &g).unwrap()[0].response.text, "1");
+    }
+
+    #[test]
+    fn an_empty_hint_is_refused() {
+        let spec: StrategySpec = toml::from_str("kind = \"hint\"\nsuffix = \"\"").unwrap();
+        assert_eq!(spec.check().unwrap_err().0, "suffix");
+        assert!(toml::from_str::<StrategySpec>("kind = \"hint\"\nsufix = \"x\"").is_err());
     }
 
     #[test]

@@ -152,17 +152,24 @@ fn greedy_answers(
 pub struct SimilarityRecord {
     pub prompt: String,
     pub response: String,
-    pub original_response: String,
+    /// The original model's answer, or the dataset's.
+    pub reference: String,
     pub rouge_l: f64,
 }
 
-/// `metric = "similarity_rougel"`: the model's and the original model's greedy answers to the
-/// same prompts, and `<p>_rouge_l`, their mean ROUGE-L F1 (the original's answer as the target).
+/// `metric = "similarity_rougel"`: the model's greedy answers and the references (the original
+/// model's greedy answers to the same prompts, or the dataset's answers without a
+/// `reference_model`), and `<p>_rouge_l`, their mean ROUGE-L F1 (the reference as the target).
 pub fn run_similarity(spec: &SimilarityOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
     let (prompts, responses) = greedy_answers(lm, data, spec.prompt_format, spec.prefill.clone(), spec.max_new_tokens, spec.batch_size)?;
-    let opts = LoadOptions { device: lm.model.device.clone(), dtype: lm.model.dtype, trainable: false };
-    let original = load(&spec.reference_model, &opts)?;
-    let (_, originals) = greedy_answers(&original, data, spec.prompt_format, spec.prefill.clone(), spec.max_new_tokens, spec.batch_size)?;
+    let originals = match &spec.reference_model {
+        Some(path) => {
+            let opts = LoadOptions { device: lm.model.device.clone(), dtype: lm.model.dtype, trainable: false };
+            let original = load(path, &opts)?;
+            greedy_answers(&original, data, spec.prompt_format, spec.prefill.clone(), spec.max_new_tokens, spec.batch_size)?.1
+        }
+        None => dataset_answers(data)?,
+    };
     let scores: Vec<f64> = originals.iter().zip(&responses).map(|(o, r)| crate::data::filter::rouge_l(o, r)).collect();
     let mut values = BTreeMap::new();
     let mut v = Values { map: &mut values, prefix };
@@ -172,9 +179,20 @@ pub fn run_similarity(spec: &SimilarityOptions, lm: &LoadedModel, data: &Dataset
         .zip(responses)
         .zip(originals)
         .zip(&scores)
-        .map(|(((prompt, response), original_response), &rouge_l)| SimilarityRecord { prompt, response, original_response, rouge_l })
+        .map(|(((prompt, response), reference), &rouge_l)| SimilarityRecord { prompt, response, reference, rouge_l })
         .collect();
     Ok((values, records.iter().map(|r| serde_json::to_value(r).expect("record serializes")).collect()))
+}
+
+/// The answers of an instruction dataset, the references of a similarity without a reference model.
+fn dataset_answers(data: &Dataset) -> Result<Vec<String>> {
+    let items = data.as_instructions().map_err(|e| crate::model::ModelError::Input(e.to_string()))?;
+    if let Some(i) = items.iter().position(|i| i.output.trim().is_empty()) {
+        return Err(crate::model::ModelError::Input(format!(
+            "record {i} has no answer: a similarity without `reference_model` compares with the dataset's answers"
+        )));
+    }
+    Ok(items.iter().map(|i| i.output.clone()).collect())
 }
 
 #[derive(Serialize)]

@@ -11,8 +11,10 @@
 //! | train | lisa | `lisa.rs` (a fine-tune-stage defense) |
 //! | train | unlearn | `unlearn.rs` (gradient ascent, random mismatch, KL to the original) |
 //! | train | dpo | `dpo.rs` |
+//! | train | coh | `coh.rs` (Chain of Hindsight) |
 //! | train | classifier | `classifier.rs` (a safe/unsafe judge) |
 //! | generate | respond | `respond.rs` |
+//! | generate | review | `review.rs` (an analysis, critique or revision of each record's answer) |
 //! | generate | filter | `filter.rs` |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
@@ -22,6 +24,7 @@
 
 pub mod booster;
 pub mod classifier;
+pub mod coh;
 pub mod dpo;
 pub mod evaluate;
 pub mod filter;
@@ -29,6 +32,7 @@ pub mod lisa;
 pub mod params;
 pub mod repnoise;
 pub mod respond;
+pub mod review;
 pub mod sft;
 pub mod unlearn;
 pub mod vaccine;
@@ -119,8 +123,10 @@ pub static METHODS: &[&dyn Method] = &[
     &lisa::Lisa,
     &unlearn::Unlearn,
     &dpo::Dpo,
+    &coh::Coh,
     &classifier::Classifier,
     &respond::Respond,
+    &review::Review,
     &filter::Filter,
     &evaluate::Evaluate,
 ];

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::params::{StageInputs, Validate};
 use crate::data::{Instruction, Items};
 use crate::eval::generation::{instructions, GenerationSetup, PromptFormat};
+use crate::eval::strategy::StrategySpec;
 use crate::plan::ParamError;
 use crate::spec::StageKind;
 use crate::stage::{AdapterMode, Metrics, StageContext, StageError};
@@ -28,6 +29,10 @@ pub struct RespondParams {
     pub top_p: f64,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// The inference strategy (`eval::strategy`), e.g. mistake analysis's induction hint
+    /// `{ kind = "hint", suffix = "..." }`. The records keep the dataset's instruction as it was.
+    #[serde(default, skip_serializing_if = "StrategySpec::is_plain")]
+    pub strategy: StrategySpec,
 }
 
 fn default_max_new_tokens() -> usize {
@@ -65,7 +70,7 @@ impl Validate for RespondParams {
         if self.temperature < 0.0 {
             return Err(ParamError { key: "temperature".into(), msg: "must be >= 0".into(), suggestion: None });
         }
-        Ok(())
+        self.strategy.check().map_err(|(key, msg)| ParamError::new(format!("strategy.{key}"), msg))
     }
 }
 
@@ -85,10 +90,12 @@ fn run(ctx: &StageContext, p: &RespondParams) -> Result<Metrics, StageError> {
     setup.options.temperature = p.temperature;
     setup.options.top_p = p.top_p;
     setup.options.seed = ctx.config.seed;
+    setup.strategy = p.strategy.build();
     let (conversations, generator) = setup.prepare(&lm, data.template(), &items)?;
-    let responses = generator.with_progress(&tick).generate(&conversations)?;
+    let outcomes = setup.strategy.run(&conversations, &generator.with_progress(&tick))?;
     progress.finish();
-    let out: Vec<Instruction> = items.iter().zip(responses).map(|(item, r)| Instruction { output: r.text, ..item.clone() }).collect();
+    let out: Vec<Instruction> =
+        items.iter().zip(outcomes).map(|(item, o)| Instruction { output: o.response.text, ..item.clone() }).collect();
     let n = out.len();
     ctx.write_dataset(&Items::Instructions(out))?;
     Ok(BTreeMap::from([("generated".to_string(), n as f64)]))

@@ -237,6 +237,9 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
         let mut parent: Option<String> = None;
         let mut run_stage_ids = Vec::new();
         for (i, st) in s.stage.iter().enumerate() {
+            if st.skip {
+                continue;
+            }
             let stage_path = |key: &str| -> Vec<String> {
                 let mut p = vec!["stage".to_string(), i.to_string()];
                 p.extend(key.split('.').map(str::to_string));

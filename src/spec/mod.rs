@@ -44,6 +44,11 @@ pub struct ExperimentSpec {
     pub seeds: Vec<u64>,
     #[serde(default)]
     pub description: String,
+    /// A name for the run, swept (`"experiment.label" = ["Base", "SFT"]`) to name table rows
+    /// whose parameters differ in ways a row label cannot show (e.g. a whole `mix`). It is not
+    /// part of any stage's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -107,6 +112,10 @@ pub struct StageSpec {
     pub kind: StageKind,
     #[serde(default)]
     pub method: Option<String>,
+    /// Leave the stage out of the run (swept, e.g. a "no training" baseline row): the next stage
+    /// starts from the model before it, and no later stage may read its records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip: bool,
     /// Everything else: the method's (or metric list's) parameters, validated by its owner.
     #[serde(flatten)]
     pub params: Table,

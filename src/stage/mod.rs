@@ -224,11 +224,15 @@ impl StageContext {
     /// Writes a generate stage's records with their manifest (the manifest last: a stage whose
     /// manifest exists wrote its whole dataset).
     pub fn write_dataset(&self, items: &data::Items) -> Result<(), StageError> {
+        let lineage = self.parent_lineage()?;
         let producer = data::Producer {
             stage: self.dir.id(),
             method: self.config.method.clone().unwrap_or_default(),
             method_version: self.config.method_version,
             seed: self.config.seed,
+            model: self.config.model.path.clone(),
+            lineage: lineage.weights.into_iter().chain(lineage.adapters).collect(),
+            components: self.config.components.clone(),
         };
         let manifest = data::DatasetManifest::new(items, producer)?;
         data::write_jsonl(&self.dir.dataset(), items)?;

@@ -84,6 +84,16 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Sto
     write_file(path, text.as_bytes())
 }
 
+/// Writes one JSON object per line, atomically.
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, values: &[T]) -> Result<(), StoreError> {
+    let mut text = String::new();
+    for v in values {
+        text.push_str(&serde_json::to_string(v).map_err(|e| StoreError::Malformed { path: path.into(), msg: e.to_string() })?);
+        text.push('\n');
+    }
+    write_file(path, text.as_bytes())
+}
+
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
     let text = std::fs::read_to_string(path).map_err(|e| StoreError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| StoreError::Malformed { path: path.into(), msg: e.to_string() })
