@@ -334,6 +334,8 @@ mod tests {
         let l = load_with_env(&p, &["slurm.time=2:00:00".into()], Vec::new()).unwrap();
         assert_eq!(l.spec.slurm.partition.as_deref(), Some("gpu"));
         assert_eq!(l.spec.slurm.time.as_deref(), Some("2:00:00"));
+        let l = load_with_env(&p, &["slurm.time=90".into()], Vec::new()).unwrap();
+        assert_eq!(l.spec.slurm.time.as_deref(), Some("90"), "a number is minutes");
         let (_d, p) = write(&format!("{BASE}\n[slurm]\npartion = \"gpu\"\n"));
         let err = load_with_env(&p, &[], Vec::new()).unwrap_err().to_string();
         assert!(err.contains("spec.toml:13:1") && err.contains("slurm.partion") && err.contains("did you mean `partition`"), "{err}");

@@ -25,8 +25,9 @@ pub struct SlurmSpec {
     /// Memory per stage (`--mem`): a number with an optional K, M, G or T suffix.
     #[serde(default)]
     pub mem: Option<String>,
-    /// Time limit per stage (`--time`): minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.
-    #[serde(default)]
+    /// Time limit per stage (`--time`): minutes (a number, or text), MM:SS, HH:MM:SS, D-HH,
+    /// D-HH:MM or D-HH:MM:SS.
+    #[serde(default, deserialize_with = "minutes_or_text")]
     pub time: Option<String>,
     /// At most this many stages of one wave run at once (the array's `%N`).
     #[serde(default)]
@@ -34,6 +35,20 @@ pub struct SlurmSpec {
     /// Extra `#SBATCH` options, written as given (e.g. `"--constraint=a100"`).
     #[serde(default)]
     pub sbatch: Vec<String>,
+}
+
+/// `time = 90` is 90 minutes, as `--time=90`.
+fn minutes_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Minutes(u64),
+        Text(String),
+    }
+    Ok(Option::<Time>::deserialize(d)?.map(|t| match t {
+        Time::Minutes(m) => m.to_string(),
+        Time::Text(s) => s,
+    }))
 }
 
 impl SlurmSpec {
