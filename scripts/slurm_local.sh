@@ -93,8 +93,9 @@ start() {
   fi
   stop >/dev/null 2>&1 || true
   write_conf
-  # -c: a fresh cluster, no jobs left from an earlier start.
-  slurmctld -c || die "slurmctld did not start; see $state/slurmctld.log"
+  # Not `-c`: the saved state keeps the job id counter, so ids recorded in an earlier results
+  # directory (slurm/jobs.json) never name another job after a restart.
+  slurmctld || die "slurmctld did not start; see $state/slurmctld.log"
   slurmd || die "slurmd did not start; see $state/slurmd.log"
   for _ in $(seq 1 60); do
     case "$(node_state)" in

@@ -301,3 +301,36 @@ fn a_rerun_after_the_runner_died_reattaches_instead_of_submitting_again() {
     assert_eq!(status(&r.join("stages").join(align))["attempt"], 1, "and ran once");
     assert_eq!(read(&r.join("summary.csv")).lines().count(), 5);
 }
+
+#[test]
+fn fail_fast_cancels_the_other_tasks() {
+    let Some(_cluster) = cluster() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path().join("r");
+    // Two attacks in one array: one fails at once (max_len 2), the other trains for a while.
+    let out = slurm_run(
+        &r,
+        &[
+            "--fail-fast",
+            "--set",
+            "sweep.\"stage.attack.max_len\"=[128, 2]",
+            "--set",
+            "sweep.\"stage.attack.max_steps\"=[400]",
+            "--set",
+            "sweep.\"stage.attack.lr\"=[1e-3]",
+            "--set",
+            "stage.attack.epochs=100",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(tasks_in_queue(&r).is_empty(), "nothing left in the queue");
+    let states: Vec<serde_json::Value> = stage_dirs(&r, "attack").iter().map(|d| status(d)).collect();
+    assert_eq!(states.iter().filter(|s| s["state"] == "failed").count(), 1, "{states:?}");
+    let other = states.iter().find(|s| s["state"] != "failed").unwrap();
+    // Unless it won the race and finished first, the long attack was cancelled, resumable.
+    if other["state"] != "done" {
+        assert_eq!(other["state"], "interrupted", "{other}");
+        assert!(other["reason"].as_str().unwrap().contains("cancelled by --fail-fast after stage attack-"), "{other}");
+    }
+    assert!(stage_dirs(&r, "eval").iter().all(|d| !status_is(d, "done") && !status_is(d, "running")), "no eval ran");
+}
