@@ -24,9 +24,9 @@ install_slurm() {
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null && return 0
   [ "$(id -u)" = 0 ] || die "Slurm is not installed and installing it needs root (apt-get install slurm-wlm)"
   command -v apt-get >/dev/null || die "Slurm is not installed and there is no apt-get to install it"
-  echo "slurm_local: installing slurm-wlm" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >"$state/apt.log" 2>&1 \
-    || { apt-get update -q >>"$state/apt.log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >>"$state/apt.log" 2>&1; } \
+  echo "slurm_local: installing slurm-wlm (its recommended plugins are not needed)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurm-wlm >"$state/apt.log" 2>&1 \
+    || { apt-get update -q >>"$state/apt.log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurm-wlm >>"$state/apt.log" 2>&1; } \
     || die "apt-get install slurm-wlm failed; see $state/apt.log"
 }
 

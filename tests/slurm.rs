@@ -281,9 +281,14 @@ fn a_rerun_after_the_runner_died_reattaches_instead_of_submitting_again() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !r.join("slurm/jobs.json").exists() && Instant::now() < deadline {
+    while !r.join("slurm/queue.json").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // While it waits, `runner status` shows why the task is not running yet.
+    let st = String::from_utf8_lossy(&run(&["status", r.to_str().unwrap()]).stdout).to_string();
+    let job = jobs(&r)["submissions"][0]["job_id"].clone();
+    // (Slurm gives the reason, BeginTime, once its scheduler has looked at the job.)
+    assert!(st.contains(&format!("Slurm job {job}_0: PENDING")), "{st}");
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     let first = jobs(&r)["submissions"][0].clone();
