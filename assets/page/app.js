@@ -299,6 +299,7 @@
         $('#sample-list').textContent = '';
         shown = 0;
         more();
+        if (window.runnerPage && window.runnerPage.firstReadyMs === undefined) window.runnerPage.firstReadyMs = performance.now();
         document.body.setAttribute('data-samples', 'ready');
         writeHash();
       }, function (err) {
@@ -412,6 +413,7 @@
       $('#sample-controls').addEventListener('submit', function (e) { e.preventDefault(); update(); });
       $('#sample-more').addEventListener('click', more);
       update();
+      if (location.hash.indexOf('#samples') === 0) document.getElementById('samples').scrollIntoView();
     }
 
     return {
@@ -435,6 +437,7 @@
   drawSweep();
   $('#spec-text').textContent = D.spec_toml;
   browser.init();
-  // For tests and scripts: filters can be set and re-applied through this.
-  window.runnerPage = { update: browser.update, show: browser.show, loaded: loaded };
+  // For tests and scripts: filters can be set and re-applied through this; drawnMs is when the
+  // overview was drawn (milliseconds after navigation), firstReadyMs when the first samples were.
+  window.runnerPage = { update: browser.update, show: browser.show, loaded: loaded, drawnMs: performance.now() };
 })();
