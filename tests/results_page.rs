@@ -161,6 +161,12 @@ fn tiny_sweep_page_in_a_browser() {
     assert!(filtered["verdicts"].as_array().unwrap().iter().all(|v| v == pick), "{filtered}");
     assert!(expected < 8 || verdicts.iter().all(|v| *v == pick));
 
+    // The same filter from a link: a new hash sets the filters.
+    b.eval("(() => { const s = document.querySelector('#f-verdict'); s.value = ''; s.dispatchEvent(new Event('change')); })()").unwrap();
+    assert_eq!(counts(&sample_view(&mut b)), (8, 8));
+    b.eval(&format!("new Promise(r => {{ window.addEventListener('hashchange', () => r(), {{once: true}}); location.hash = '#samples?verdict={pick}'; }})"))
+        .unwrap();
+    assert_eq!(counts(&sample_view(&mut b)), (expected, 8));
     b.eval("(() => { const s = document.querySelector('#f-verdict'); s.value = ''; s.dispatchEvent(new Event('change')); })()").unwrap();
     let needle = b.eval("Object.values(window.runnerPage.loaded)[0][3].p.slice(0, 60)").unwrap();
     let needle = needle.as_str().unwrap().to_string();

@@ -39,6 +39,7 @@
   function stateSpan(state) { return el('span', { cls: 'state-' + state, text: state }); }
   function firstLine(s) { return (s || '').split('\n').filter(function (l) { return l.trim(); })[0] || ''; }
   function folded(text) {
+    if (text === '') return el('div', { cls: 'text muted', text: '(empty)' });
     var box = el('div', { cls: 'text' });
     if (text.length <= FOLD_AT) { box.textContent = text; return box; }
     var shown = el('span', { text: text.slice(0, FOLD_AT) + '…' });
@@ -394,16 +395,7 @@
       var runs = [['', 'all runs']].concat(D.runs.map(function (r) { return [r.run_id, r.run_id]; }));
       options(f.run, runs);
       options(f.compare, [['', '—']].concat(D.runs.map(function (r) { return [r.run_id, r.run_id]; })));
-      var h = readHash();
-      if (h.run && runById[h.run]) f.run.value = h.run;
-      fillStages();
-      // One stage at first (the first that has records), unless the link asks for more.
-      f.stage.value = h.stage !== undefined && (h.stage === '' || stageById[h.stage]) ? h.stage : stagesOfRun(f.run.value)[0].id;
-      if (h.metric) options(f.metric, [[h.metric, h.metric]]);
-      if (h.verdict) options(f.verdict, [[h.verdict, h.verdict]]);
-      f.min.value = h.min || ''; f.max.value = h.max || ''; f.search.value = h.q || '';
-      if (h.compare && runById[h.compare]) f.compare.value = h.compare;
-      f.differ.checked = h.differ === '1';
+      applyHash();
       f.run.addEventListener('change', function () { fillStages(); update(); });
       [f.stage, f.metric, f.verdict, f.compare, f.differ].forEach(function (x) { x.addEventListener('change', update); });
       var timer = null;
@@ -412,8 +404,26 @@
       });
       $('#sample-controls').addEventListener('submit', function (e) { e.preventDefault(); update(); });
       $('#sample-more').addEventListener('click', more);
+      // A link to another view of the samples on this page (a changed hash) applies its filters.
+      window.addEventListener('hashchange', function () {
+        if (location.hash.indexOf('#samples?') === 0) { applyHash(); update(); }
+      });
       update();
       if (location.hash.indexOf('#samples') === 0) document.getElementById('samples').scrollIntoView();
+    }
+
+    function applyHash() {
+      var h = readHash();
+      f.run.value = h.run && runById[h.run] ? h.run : '';
+      fillStages();
+      // One stage at first (the first that has records), unless the link asks for more.
+      var first = stagesOfRun(f.run.value)[0];
+      f.stage.value = h.stage !== undefined && (h.stage === '' || stageById[h.stage]) ? h.stage : (first ? first.id : '');
+      options(f.metric, h.metric ? [[h.metric, h.metric]] : [['', 'all']]);
+      options(f.verdict, h.verdict ? [[h.verdict, h.verdict]] : [['', 'all']]);
+      f.min.value = h.min || ''; f.max.value = h.max || ''; f.search.value = h.q || '';
+      f.compare.value = h.compare && runById[h.compare] ? h.compare : '';
+      f.differ.checked = h.differ === '1';
     }
 
     return {
