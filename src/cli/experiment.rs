@@ -113,11 +113,25 @@ pub fn plan_cmd(args: SpecArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct SweepProgress {
+struct SweepProgress<'a> {
     bar: ProgressBar,
     _multi: MultiProgress,
     /// When stderr is not a terminal (the bar is hidden then): plain lines for logs.
     plain: Option<PlainLines>,
+    /// The sweep, to refresh the results page whenever a stage finishes.
+    plan: &'a Plan,
+    results: ResultsDir,
+}
+
+/// Writes the results page from the stages' current state. A page that cannot be written is
+/// worth a warning, never a failed sweep.
+fn refresh_page(plan: &Plan, results: &ResultsDir) {
+    let written = runner::results::collect_rows(plan, results)
+        .map_err(runner::results::ResultsError::from)
+        .and_then(|rows| runner::results::write_page(plan, results, &rows));
+    if let Err(e) = written {
+        tracing::warn!("results page not refreshed: {e}");
+    }
 }
 
 /// Plain progress lines at a steady interval: the sweep's counts and each running stage's
@@ -151,7 +165,7 @@ impl PlainLines {
     }
 }
 
-impl sched::Progress for SweepProgress {
+impl sched::Progress for SweepProgress<'_> {
     fn started(&self, stage: &str, place: &str) {
         let line = format!("start  {stage} on {place}");
         match &self.plain {
@@ -174,6 +188,7 @@ impl sched::Progress for SweepProgress {
             None => self.bar.println(line),
         }
         tracing::info!(stage, ?state, "stage finished");
+        refresh_page(self.plan, &self.results);
     }
     fn tick(&self, done: usize, running: usize, failed: usize, pending: usize) {
         self.bar.set_message(format!("done {done} | running {running} | failed {failed} | pending {pending}"));
@@ -251,7 +266,8 @@ pub fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         last: Mutex::new(None),
         running: Mutex::new(BTreeSet::new()),
     });
-    let progress = SweepProgress { bar, _multi: multi, plain };
+    refresh_page(&plan, &results);
+    let progress = SweepProgress { bar, _multi: multi, plain, plan: &plan, results: results.clone() };
     let outcome = if slurm {
         let opts = SlurmOptions { resources: loaded.spec.slurm.clone(), fail_fast: args.fail_fast, exe, poll };
         sched::run_slurm(&plan, &results, &opts, &progress)?
@@ -261,7 +277,10 @@ pub fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
     };
     progress.bar.finish();
     let rows = runner::results::write_run_results(&plan, &results)?;
-    runner::results::write_reports(&results, &rows, &plan.report)?;
+    // The page also shows why a report could not be written, so it is written either way.
+    let reports = runner::results::write_reports(&results, &rows, &plan.report);
+    runner::results::write_page(&plan, &results, &rows)?;
+    reports?;
     let failed = rows.iter().filter(|r| r.status == runner::report::RunStatus::Failed).count();
     // `run` keeps SIGPIPE ignored (see `dies_on_closed_pipe`): a closed stdout is not an error.
     let _ = writeln!(
@@ -311,10 +330,12 @@ pub fn report_cmd(dir: &Path) -> anyhow::Result<()> {
     let plan: Plan =
         store::read_json(&results.plan_path()).with_context(|| format!("{} is not a results directory (no plan.json)", dir.display()))?;
     let rows = runner::results::write_run_results(&plan, &results)?;
-    let files = runner::results::write_reports(&results, &rows, &plan.report)?;
-    for f in files {
+    let reports = runner::results::write_reports(&results, &rows, &plan.report);
+    let page = runner::results::write_page(&plan, &results, &rows)?;
+    for f in reports? {
         println!("{}", f.display());
     }
+    println!("{}", page.display());
     Ok(())
 }
 
