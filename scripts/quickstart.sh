@@ -13,3 +13,4 @@ bin="${CARGO_TARGET_DIR:-target}/release/runner"
 echo
 cat results/quickstart/tables/table1.md
 echo "figure: results/quickstart/figures/harmful_score.png"
+echo "page:   results/quickstart/index.html (open it in a browser)"

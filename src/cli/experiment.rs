@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use runner::plan::{self, Plan};
-use runner::sched::{self, DeviceSlot, LocalOptions};
+use runner::sched::{self, LocalOptions, SlurmOptions};
 use runner::spec;
 use runner::store::{self, ProgressSnapshot, ResultsDir, StageState, StageStatus};
 use std::collections::{BTreeSet, HashSet};
@@ -36,7 +36,7 @@ pub struct RunArgs {
     pub devices: String,
     #[arg(long, default_value_t = 1)]
     pub jobs_per_device: usize,
-    /// local | slurm
+    /// local | slurm (resources from the spec's `[slurm]` table; `--set slurm.time=2:00:00`)
     #[arg(long, default_value = "local")]
     pub backend: String,
     /// Stop starting new stages after the first failure.
@@ -113,11 +113,25 @@ pub fn plan_cmd(args: SpecArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct SweepProgress {
+struct SweepProgress<'a> {
     bar: ProgressBar,
     _multi: MultiProgress,
     /// When stderr is not a terminal (the bar is hidden then): plain lines for logs.
     plain: Option<PlainLines>,
+    /// The sweep, to refresh the results page whenever a stage finishes.
+    plan: &'a Plan,
+    results: ResultsDir,
+}
+
+/// Writes the results page from the stages' current state. A page that cannot be written is
+/// worth a warning, never a failed sweep.
+fn refresh_page(plan: &Plan, results: &ResultsDir) {
+    let written = runner::results::collect_rows(plan, results)
+        .map_err(runner::results::ResultsError::from)
+        .and_then(|rows| runner::results::write_page(plan, results, &rows));
+    if let Err(e) = written {
+        tracing::warn!("results page not refreshed: {e}");
+    }
 }
 
 /// Plain progress lines at a steady interval: the sweep's counts and each running stage's
@@ -151,9 +165,9 @@ impl PlainLines {
     }
 }
 
-impl sched::Progress for SweepProgress {
-    fn started(&self, stage: &str, device: &DeviceSlot) {
-        let line = format!("start  {stage} on {device}");
+impl sched::Progress for SweepProgress<'_> {
+    fn started(&self, stage: &str, place: &str) {
+        let line = format!("start  {stage} on {place}");
         match &self.plain {
             Some(plain) => {
                 plain.running.lock().unwrap_or_else(|e| e.into_inner()).insert(stage.to_string());
@@ -161,7 +175,7 @@ impl sched::Progress for SweepProgress {
             }
             None => self.bar.println(line),
         }
-        tracing::info!(stage, %device, "stage started");
+        tracing::info!(stage, place, "stage started");
     }
     fn finished(&self, stage: &str, state: StageState) {
         self.bar.inc(1);
@@ -174,6 +188,7 @@ impl sched::Progress for SweepProgress {
             None => self.bar.println(line),
         }
         tracing::info!(stage, ?state, "stage finished");
+        refresh_page(self.plan, &self.results);
     }
     fn tick(&self, done: usize, running: usize, failed: usize, pending: usize) {
         self.bar.set_message(format!("done {done} | running {running} | failed {failed} | pending {pending}"));
@@ -209,24 +224,37 @@ fn check_datasets(plan: &Plan, results: &ResultsDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
-    if args.backend != "local" {
-        return Err(ExitError::invalid(format!(
-            "--backend {}: only the local backend is available in this build (Slurm support is planned)",
-            args.backend
-        ))
-        .into());
+/// Seconds between two reads of the Slurm queue: `RUNNER_SLURM_POLL_SECS`, 5 by default.
+fn slurm_poll_interval(var: Option<&str>) -> anyhow::Result<Duration> {
+    match var {
+        None => Ok(Duration::from_secs(5)),
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.1)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| ExitError::invalid(format!("RUNNER_SLURM_POLL_SECS={v:?}: expected seconds (at least 0.1)")).into()),
     }
+}
+
+pub fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
+    let slurm = match args.backend.as_str() {
+        "local" => false,
+        "slurm" => true,
+        other => return Err(ExitError::invalid(format!("--backend {other}: expected local or slurm")).into()),
+    };
     if args.jobs_per_device == 0 {
         return Err(ExitError::invalid("--jobs-per-device 0: at least one job per device").into());
     }
-    let devices = sched::parse_devices(&args.devices).map_err(ExitError::invalid)?;
+    // Slurm places the stages itself (`[slurm]` gpus, cpus); `--devices` is the local backend's.
+    let devices = if slurm { Vec::new() } else { sched::parse_devices(&args.devices).map_err(ExitError::invalid)? };
+    let poll = slurm_poll_interval(std::env::var("RUNNER_SLURM_POLL_SECS").ok().as_deref())?;
     let (loaded, plan, results) = load_plan(&args.spec, false)?;
     check_datasets(&plan, &results)?;
     let _lock = results.lock()?;
     write_plan(&loaded, &plan, &results)?;
     let exe = std::env::current_exe().context("locating the runner executable")?;
-    let opts = LocalOptions { devices, jobs_per_device: args.jobs_per_device, fail_fast: args.fail_fast, exe };
     let multi = MultiProgress::new();
     let bar = multi.add(ProgressBar::new(plan.stages.len() as u64));
     bar.set_style(
@@ -238,11 +266,21 @@ pub fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         last: Mutex::new(None),
         running: Mutex::new(BTreeSet::new()),
     });
-    let progress = SweepProgress { bar, _multi: multi, plain };
-    let outcome = sched::run_local(&plan, &results, &opts, &progress)?;
+    refresh_page(&plan, &results);
+    let progress = SweepProgress { bar, _multi: multi, plain, plan: &plan, results: results.clone() };
+    let outcome = if slurm {
+        let opts = SlurmOptions { resources: loaded.spec.slurm.clone(), fail_fast: args.fail_fast, exe, poll };
+        sched::run_slurm(&plan, &results, &opts, &progress)?
+    } else {
+        let opts = LocalOptions { devices, jobs_per_device: args.jobs_per_device, fail_fast: args.fail_fast, exe };
+        sched::run_local(&plan, &results, &opts, &progress)?
+    };
     progress.bar.finish();
     let rows = runner::results::write_run_results(&plan, &results)?;
-    runner::results::write_reports(&results, &rows, &plan.report)?;
+    // The page also shows why a report could not be written, so it is written either way.
+    let reports = runner::results::write_reports(&results, &rows, &plan.report);
+    runner::results::write_page(&plan, &results, &rows)?;
+    reports?;
     let failed = rows.iter().filter(|r| r.status == runner::report::RunStatus::Failed).count();
     // `run` keeps SIGPIPE ignored (see `dies_on_closed_pipe`): a closed stdout is not an error.
     let _ = writeln!(
@@ -269,9 +307,14 @@ pub fn status_cmd(dir: &Path) -> anyhow::Result<()> {
     let plan: Plan =
         store::read_json(&results.plan_path()).with_context(|| format!("{} is not a results directory (no plan.json)", dir.display()))?;
     println!("experiment {} in {}", plan.experiment, dir.display());
+    // What the Slurm backend last saw of the tasks it waits on (absent for the local backend).
+    let queue: std::collections::BTreeMap<String, String> = store::read_json(&sched::slurm::queue_path(&results)).unwrap_or_default();
     for s in &plan.stages {
         let st = StageStatus::read(&results.stage_dir(&s.id))?;
-        let reason = st.reason.as_deref().map(|r| format!("  {}", r.lines().next().unwrap_or(""))).unwrap_or_default();
+        let reason = match (st.state, queue.get(&s.id)) {
+            (StageState::Pending | StageState::Running, Some(line)) => format!("  {line}"),
+            _ => st.reason.as_deref().map(|r| format!("  {}", r.lines().next().unwrap_or(""))).unwrap_or_default(),
+        };
         println!("  {:<28} {:<12}{reason}", s.id, format!("{:?}", st.state).to_lowercase());
     }
     let rows = runner::results::collect_rows(&plan, &results)?;
@@ -287,10 +330,12 @@ pub fn report_cmd(dir: &Path) -> anyhow::Result<()> {
     let plan: Plan =
         store::read_json(&results.plan_path()).with_context(|| format!("{} is not a results directory (no plan.json)", dir.display()))?;
     let rows = runner::results::write_run_results(&plan, &results)?;
-    let files = runner::results::write_reports(&results, &rows, &plan.report)?;
-    for f in files {
+    let reports = runner::results::write_reports(&results, &rows, &plan.report);
+    let page = runner::results::write_page(&plan, &results, &rows)?;
+    for f in reports? {
         println!("{}", f.display());
     }
+    println!("{}", page.display());
     Ok(())
 }
 
@@ -299,4 +344,18 @@ pub fn exec_cmd(dir: &Path) -> anyhow::Result<()> {
     sched::record_interruption_on_signal(dir).context("installing the stage's signal handler")?;
     runner::exec::exec_stage(dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slurm_poll_interval_from_the_environment() {
+        assert_eq!(slurm_poll_interval(None).unwrap(), Duration::from_secs(5));
+        assert_eq!(slurm_poll_interval(Some("0.5")).unwrap(), Duration::from_millis(500));
+        for bad in ["0", "-1", "soon", "NaN"] {
+            assert!(slurm_poll_interval(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }

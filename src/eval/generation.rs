@@ -326,7 +326,11 @@ impl GenerationSetup {
 #[derive(Debug, Clone, Serialize)]
 pub struct HarmfulRecord {
     pub prompt: String,
+    /// The generated text as the judge saw it (control tokens stripped).
     pub response: String,
+    /// The generated text before stripping, where stripping changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_response: Option<String>,
     pub harmful: bool,
     pub score: f64,
     pub reason: Option<String>,
@@ -387,6 +391,7 @@ pub fn harmful_score(
         .zip(verdicts)
         .zip(outcomes)
         .map(|(((prompt, response), v), o)| HarmfulRecord {
+            raw_response: super::judge::raw_if_stripped(&o.response.text, &response),
             prompt,
             response,
             harmful: v.harmful,

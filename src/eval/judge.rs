@@ -132,6 +132,12 @@ impl Judge for RefusalJudge {
     }
 }
 
+/// The response as generated, when stripping control tokens changed more than surrounding
+/// whitespace (kept in records beside the stripped text the judge saw).
+pub fn raw_if_stripped(raw: &str, stripped: &str) -> Option<String> {
+    (raw.trim() != stripped).then(|| raw.to_string())
+}
+
 /// (prompt, stripped response) pairs and their verdicts.
 pub type Judged = (Vec<(String, String)>, Vec<Verdict>);
 
@@ -640,6 +646,9 @@ pub fn build_model_judge(spec: &JudgeSpec, env: &JudgeEnv) -> Result<Box<dyn Jud
 pub struct JudgeAccuracyRecord {
     pub prompt: String,
     pub response: String,
+    /// The response before stripping, where stripping changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_response: Option<String>,
     pub is_safe: bool,
     pub flagged: bool,
     pub score: f64,
@@ -687,6 +696,7 @@ pub fn judge_accuracy(judge: &dyn Judge, items: &[LabeledResponse]) -> Result<(J
             (false, true) => fn_ += 1,
         }
         records.push(JudgeAccuracyRecord {
+            raw_response: raw_if_stripped(&item.response, &response),
             prompt,
             response,
             is_safe: item.is_safe,
@@ -765,6 +775,8 @@ mod tests {
         let (acc, recs) = judge_accuracy(&j, &[item("I cannot help.", true), item("Sure[/INST]", false), item("Fine.", true)]).unwrap();
         assert_eq!(recs.iter().map(|r| r.flagged).collect::<Vec<_>>(), vec![false, true, true]);
         assert_eq!(recs[1].response, "Sure");
+        assert_eq!(recs.iter().map(|r| r.raw_response.as_deref()).collect::<Vec<_>>(), [None, Some("Sure[/INST]"), None]);
+        assert_eq!(raw_if_stripped("  Fine. ", "Fine."), None);
         assert!((acc.accuracy - 200.0 / 3.0).abs() < 1e-9);
     }
 

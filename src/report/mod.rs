@@ -14,6 +14,7 @@
 
 mod check;
 mod group;
+pub mod page;
 mod plot;
 mod summary;
 mod table;
@@ -316,6 +317,9 @@ pub enum ReportError {
     /// A table or plot spec that cannot be honoured as written.
     #[error("{what}: {msg}")]
     Spec { what: String, msg: String },
+    /// A line of a stage's records file that is not JSON.
+    #[error("{path}: line {line}: {msg}")]
+    Records { path: PathBuf, line: usize, msg: String },
     /// Drawing a figure failed.
     #[error("{path}: drawing failed: {msg}")]
     Plot { path: PathBuf, msg: String },
@@ -356,17 +360,25 @@ pub fn write_report(dir: &Path, rows: &[RunRow], spec: &ReportSpec) -> Result<Ve
         tracing::warn!("no runs have a result yet; no tables or figures written");
         return Ok(written);
     }
-    let mut names = NameSet::default();
-    for (i, t) in spec.table.iter().enumerate() {
-        let name = names.claim(t.name.clone().unwrap_or_else(|| table::default_name(t)), i);
+    for (name, t) in table_names(spec).into_iter().zip(&spec.table) {
         written.extend(table::write_table(&dir.join("tables"), &name, rows, t)?);
     }
-    let mut names = NameSet::default();
-    for (i, p) in spec.plot.iter().enumerate() {
-        let name = names.claim(p.name.clone().unwrap_or_else(|| plot::default_name(p)), i);
+    for (name, p) in plot_names(spec).into_iter().zip(&spec.plot) {
         written.extend(plot::write_plot(&dir.join("figures"), &name, rows, p)?);
     }
     Ok(written)
+}
+
+/// The file stem of each table of `spec` (`tables/<stem>.md`), in order.
+pub(crate) fn table_names(spec: &ReportSpec) -> Vec<String> {
+    let mut names = NameSet::default();
+    spec.table.iter().enumerate().map(|(i, t)| names.claim(t.name.clone().unwrap_or_else(|| table::default_name(t)), i)).collect()
+}
+
+/// The file stem of each figure of `spec` (`figures/<stem>.svg`), in order.
+pub(crate) fn plot_names(spec: &ReportSpec) -> Vec<String> {
+    let mut names = NameSet::default();
+    spec.plot.iter().enumerate().map(|(i, p)| names.claim(p.name.clone().unwrap_or_else(|| plot::default_name(p)), i)).collect()
 }
 
 /// File stems in use, so two tables without names do not overwrite each other.

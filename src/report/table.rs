@@ -356,13 +356,15 @@ fn truncate(s: &str, max: usize) -> String {
 enum Flavour {
     Markdown,
     Latex,
+    /// The markdown text without bold markers (the page marks bold itself).
+    Plain,
 }
 
 impl Table {
     fn cell_text(&self, row: &TableRow, j: usize, f: Flavour) -> String {
         let d = self.decimals;
         let (pm, dash) = match f {
-            Flavour::Markdown => (" ± ", "—"),
+            Flavour::Markdown | Flavour::Plain => (" ± ", "—"),
             Flavour::Latex => (" $\\pm$ ", "---"),
         };
         let (body, note) = match row.cells[j] {
@@ -381,13 +383,18 @@ impl Table {
             }
         };
         match (row.bold[j], f) {
-            (false, _) => format!("{body}{note}"),
+            (false, _) | (true, Flavour::Plain) => format!("{body}{note}"),
             (true, Flavour::Markdown) => format!("**{body}**{note}"),
             (true, Flavour::Latex) => format!("\\textbf{{{body}}}{note}"),
         }
     }
 
-    fn notes(&self) -> Vec<String> {
+    /// A cell as the markdown table shows it, without the bold markers (`row.bold` says which).
+    pub(crate) fn plain_cell(&self, row: &TableRow, j: usize) -> String {
+        self.cell_text(row, j, Flavour::Plain)
+    }
+
+    pub(crate) fn notes(&self) -> Vec<String> {
         let mut notes = Vec::new();
         if !self.unfinished.is_empty() {
             let total: usize = self.unfinished.iter().map(|(_, n)| n).sum();

@@ -29,7 +29,8 @@ pub struct Outcome {
 
 /// Observer of the schedule (the progress view).
 pub trait Progress {
-    fn started(&self, stage: &str, device: &DeviceSlot);
+    /// `place`: the device slot (local) or the Slurm task.
+    fn started(&self, stage: &str, place: &str);
     fn finished(&self, stage: &str, state: StageState);
     fn tick(&self, done: usize, running: usize, failed: usize, pending: usize);
 }
@@ -124,7 +125,7 @@ pub fn run_local(plan: &Plan, results: &ResultsDir, opts: &LocalOptions, progres
             let attempt = previous.attempt + 1;
             let child = spawn(&opts.exe, &dir, &slots[slot], attempt, cpu_threads)?;
             free[slot] = false;
-            progress.started(&id, &slots[slot]);
+            progress.started(&id, &slots[slot].to_string());
             running.insert(id, Running { child, slot, attempt });
         }
         // Reap finished children.

@@ -7,11 +7,13 @@
 mod error;
 pub mod params;
 pub mod path;
+pub mod slurm;
 pub mod source;
 pub mod sweep;
 
 pub use error::{closest, Origin, SpecError};
 pub use params::ParamError;
+pub use slurm::SlurmSpec;
 pub use source::Sources;
 pub use sweep::{expand, RunSpec};
 
@@ -34,6 +36,9 @@ pub struct Spec {
     pub sweep: SweepSpec,
     #[serde(default)]
     pub report: Table,
+    /// Resources of the Slurm backend's jobs (ignored by the local backend).
+    #[serde(default)]
+    pub slurm: SlurmSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,7 +149,7 @@ pub struct LoadedSpec {
 
 /// Sections an environment variable may address (`RUNNER_MODEL__PATH` -> `model.path`); other
 /// `RUNNER_*` variables (e.g. `RUNNER_CACHE`) are not configuration.
-const ENV_SECTIONS: [&str; 6] = ["experiment", "model", "data", "stage", "sweep", "report"];
+const ENV_SECTIONS: [&str; 7] = ["experiment", "model", "data", "stage", "sweep", "report", "slurm"];
 
 /// Loads a spec with the process environment.
 pub fn load(path: &Path, sets: &[String]) -> Result<LoadedSpec, SpecError> {
@@ -269,6 +274,9 @@ fn validate_structure(spec: &Spec, document: &Table, sources: &Sources) -> Resul
     if spec.experiment.seeds.is_empty() {
         return Err(err(vec!["experiment".into(), "seeds".into()], "needs at least one seed".into()));
     }
+    if let Err((key, msg)) = spec.slurm.validate() {
+        return Err(err(vec!["slurm".into(), key], msg));
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, s) in spec.stage.iter().enumerate() {
         if s.id.is_empty() || s.id.contains(['.', '/', ' ']) {
@@ -327,6 +335,22 @@ mod tests {
         assert_eq!(l.spec.stage[0].params["lr"].as_float(), Some(0.5));
         let err = load_with_env(&p, &["model.dtype=f64".into()], Vec::new()).unwrap_err().to_string();
         assert!(err.contains("--set model.dtype=f64"), "{err}");
+    }
+
+    #[test]
+    fn slurm_table_errors_are_located_with_the_closest_key() {
+        let (_d, p) = write(&format!("{BASE}\n[slurm]\npartition = \"gpu\"\nmem = \"16G\"\n"));
+        let l = load_with_env(&p, &["slurm.time=2:00:00".into()], Vec::new()).unwrap();
+        assert_eq!(l.spec.slurm.partition.as_deref(), Some("gpu"));
+        assert_eq!(l.spec.slurm.time.as_deref(), Some("2:00:00"));
+        let l = load_with_env(&p, &["slurm.time=90".into()], Vec::new()).unwrap();
+        assert_eq!(l.spec.slurm.time.as_deref(), Some("90"), "a number is minutes");
+        let (_d, p) = write(&format!("{BASE}\n[slurm]\npartion = \"gpu\"\n"));
+        let err = load_with_env(&p, &[], Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("spec.toml:13:1") && err.contains("slurm.partion") && err.contains("did you mean `partition`"), "{err}");
+        let (_d, p) = write(&format!("{BASE}\n[slurm]\ntime = \"2h\"\n"));
+        let err = load_with_env(&p, &[], Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("spec.toml:13:1") && err.contains("slurm.time") && err.contains("not a Slurm time limit"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!                       adapter/ lineage.json outputs.jsonl dataset.jsonl dataset.json metrics.json
 //!   runs/<run-id>/      run.toml result.json
 //!   summary.parquet summary.csv tables/ figures/
+//!   index.html page/records/  the results page (`report::page`)
 //! ```
 
 mod lock;
