@@ -8,33 +8,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use runner::data::{self, DataSpec, Dataset, Items};
-use runner::plan::{Plan, PlannedStage};
+mod common;
+
+use common::{dataset_prompts as prompts, plan_spec as plan, stage_dataset as load};
+use runner::data::{self, DataSpec, Items};
+use runner::plan::PlannedStage;
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn plan(spec: &str) -> Plan {
-    let path = manifest_dir().join(spec);
-    let loaded = runner::spec::load(&path, &[]).unwrap_or_else(|e| panic!("{spec}: {e}"));
-    runner::plan::build_lenient(&loaded, &runner::methods::Registry::new(&path)).unwrap_or_else(|e| panic!("{spec}: {e}"))
-}
-
-fn load(stage: &PlannedStage, name: &str) -> Dataset {
-    let spec: DataSpec = toml::Value::Table(stage.config.data[name].clone()).try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
-    data::load(&spec, &manifest_dir()).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn prompts(d: &Dataset) -> Vec<String> {
-    match d.items() {
-        Items::Instructions(v) => v.iter().map(|i| i.instruction.clone()).collect(),
-        Items::Prompts(v) => v.iter().map(|p| p.prompt.clone()).collect(),
-        Items::Preferences(v) => v.iter().map(|p| p.prompt.clone()).collect(),
-        Items::MultipleChoice(v) => v.iter().map(|q| q.question.clone()).collect(),
-        Items::Labeled(v) => v.iter().map(|x| x.prompt.clone()).collect(),
-        other => panic!("no prompts in {:?}", other.kind()),
-    }
 }
 
 #[test]
@@ -50,7 +31,7 @@ fn the_cpu_spec_evaluates_on_prompts_no_stage_learns_from() {
     }
     assert!(learned.len() >= 16 + 32, "{}", learned.len());
     let evals: Vec<&PlannedStage> = plan.stages.iter().filter(|s| s.config.name == "eval").collect();
-    assert_eq!(evals.len(), 18, "6 rows x 3 seeds");
+    assert_eq!(evals.len(), 21, "7 rows x 3 seeds");
     for stage in evals {
         for name in ["heldout_redteam", "heldout_pairs", "heldout_helpful"] {
             let held_out = prompts(&load(stage, name));

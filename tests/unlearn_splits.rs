@@ -5,32 +5,11 @@
 //! a stage reads is loaded.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
-use runner::data::{self, DataSpec, Dataset, Items};
+mod common;
+
+use common::{dataset_prompts as prompts, plan_spec as plan, stage_dataset as load};
 use runner::plan::{Plan, PlannedStage};
-
-fn plan(spec: &str) -> Plan {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(spec);
-    let loaded = runner::spec::load(&path, &[]).unwrap_or_else(|e| panic!("{spec}: {e}"));
-    runner::plan::build_lenient(&loaded, &runner::methods::Registry::new(&path)).unwrap_or_else(|e| panic!("{spec}: {e}"))
-}
-
-fn load(stage: &PlannedStage, name: &str) -> Dataset {
-    let spec: DataSpec = toml::Value::Table(stage.config.data[name].clone()).try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
-    data::load(&spec, Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// The questions (prompts) of a dataset, whatever its kind.
-fn prompts(d: &Dataset) -> Vec<String> {
-    match d.items() {
-        Items::Instructions(v) => v.iter().map(|i| i.instruction.clone()).collect(),
-        Items::Prompts(v) => v.iter().map(|p| p.prompt.clone()).collect(),
-        Items::Preferences(v) => v.iter().map(|p| p.prompt.clone()).collect(),
-        Items::MultipleChoice(v) => v.iter().map(|q| q.question.clone()).collect(),
-        other => panic!("no prompts in {:?}", other.kind()),
-    }
-}
 
 fn stages<'a>(plan: &'a Plan, name: &str) -> Vec<&'a PlannedStage> {
     plan.stages.iter().filter(|s| s.config.name == name).collect()

@@ -35,14 +35,26 @@ pub struct RespondParams {
     pub strategy: StrategySpec,
 }
 
-fn default_max_new_tokens() -> usize {
+// Defaults shared with the other generate methods (`review`).
+pub(super) fn default_max_new_tokens() -> usize {
     128
 }
-fn one() -> f64 {
+pub(super) fn one() -> f64 {
     1.0
 }
-fn default_batch() -> usize {
+pub(super) fn default_batch() -> usize {
     8
+}
+
+/// Checks sampling options: top-p in (0, 1], a non-negative temperature (0 = greedy).
+pub(super) fn check_sampling(temperature: f64, top_p: f64) -> Result<(), ParamError> {
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ParamError::new("top_p", "must be in (0, 1]"));
+    }
+    if temperature < 0.0 {
+        return Err(ParamError::new("temperature", "must be >= 0"));
+    }
+    Ok(())
 }
 
 crate::whole_table_params!(RespondParams);
@@ -64,12 +76,7 @@ impl super::TypedMethod for Respond {
 
 impl Validate for RespondParams {
     fn validate(&self, _: &str) -> Result<(), ParamError> {
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ParamError { key: "top_p".into(), msg: "must be in (0, 1]".into(), suggestion: None });
-        }
-        if self.temperature < 0.0 {
-            return Err(ParamError { key: "temperature".into(), msg: "must be >= 0".into(), suggestion: None });
-        }
+        check_sampling(self.temperature, self.top_p)?;
         self.strategy.check().map_err(|(key, msg)| ParamError::new(format!("strategy.{key}"), msg))
     }
 }

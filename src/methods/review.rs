@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::params::{StageInputs, Validate};
+use super::respond::{check_sampling, default_batch, default_max_new_tokens, one};
 use crate::data::{Instruction, Items};
 use crate::eval::generation::{instructions, GenOptions, Generator, PromptFormat, ALPACA_RESPONSE_MARKER};
 use crate::eval::multiple_choice::fill;
@@ -63,15 +64,6 @@ pub struct ReviewParams {
 fn chat() -> PromptFormat {
     PromptFormat::Chat
 }
-fn default_max_new_tokens() -> usize {
-    128
-}
-fn one() -> f64 {
-    1.0
-}
-fn default_batch() -> usize {
-    8
-}
 
 crate::whole_table_params!(ReviewParams);
 
@@ -115,12 +107,7 @@ impl Validate for ReviewParams {
                 ));
             }
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ParamError::new("top_p", "must be in (0, 1]"));
-        }
-        if self.temperature < 0.0 {
-            return Err(ParamError::new("temperature", "must be >= 0"));
-        }
+        check_sampling(self.temperature, self.top_p)?;
         if self.batch_size == 0 || self.max_new_tokens == 0 {
             return Err(ParamError::new(if self.batch_size == 0 { "batch_size" } else { "max_new_tokens" }, "must be at least 1"));
         }

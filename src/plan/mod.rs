@@ -237,9 +237,6 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
         let mut parent: Option<String> = None;
         let mut run_stage_ids = Vec::new();
         for (i, st) in s.stage.iter().enumerate() {
-            if st.skip {
-                continue;
-            }
             let stage_path = |key: &str| -> Vec<String> {
                 let mut p = vec!["stage".to_string(), i.to_string()];
                 p.extend(key.split('.').map(str::to_string));
@@ -248,6 +245,10 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
             let req = ctx
                 .check_stage(st.kind, st.method.as_deref(), &st.params, &dataset_names)
                 .map_err(|e| invalid(vec!["stage".to_string(), i.to_string()], e))?;
+            // A skipped stage is still checked, so a typo in it fails in every run.
+            if st.skip {
+                continue;
+            }
             let mut data = BTreeMap::new();
             let mut data_identity = BTreeMap::new();
             let mut data_stages = Vec::new();

@@ -69,3 +69,30 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
         None
     }
 }
+
+/// A spec planned as `runner plan` plans it (model and data files on other machines tolerated).
+pub fn plan_spec(spec: &str) -> runner::plan::Plan {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(spec);
+    let loaded = runner::spec::load(&path, &[]).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    runner::plan::build_lenient(&loaded, &runner::methods::Registry::new(&path)).unwrap_or_else(|e| panic!("{spec}: {e}"))
+}
+
+/// Dataset `name` as the planned stage reads it.
+pub fn stage_dataset(stage: &runner::plan::PlannedStage, name: &str) -> runner::data::Dataset {
+    let spec: runner::data::DataSpec =
+        toml::Value::Table(stage.config.data[name].clone()).try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
+    runner::data::load(&spec, std::path::Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The questions (prompts) of a dataset, whatever its kind.
+pub fn dataset_prompts(d: &runner::data::Dataset) -> Vec<String> {
+    use runner::data::Items;
+    match d.items() {
+        Items::Instructions(v) => v.iter().map(|i| i.instruction.clone()).collect(),
+        Items::Prompts(v) => v.iter().map(|p| p.prompt.clone()).collect(),
+        Items::Preferences(v) => v.iter().map(|p| p.prompt.clone()).collect(),
+        Items::MultipleChoice(v) => v.iter().map(|q| q.question.clone()).collect(),
+        Items::Labeled(v) => v.iter().map(|x| x.prompt.clone()).collect(),
+        other => panic!("no prompts in {:?}", other.kind()),
+    }
+}
