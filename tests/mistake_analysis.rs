@@ -30,16 +30,20 @@ fn the_cpu_spec_evaluates_on_prompts_no_stage_learns_from() {
         }
     }
     assert!(learned.len() >= 16 + 32, "{}", learned.len());
-    let evals: Vec<&PlannedStage> = plan.stages.iter().filter(|s| s.config.name == "eval").collect();
-    assert_eq!(evals.len(), 21, "7 rows x 3 seeds");
+    let evals: Vec<&PlannedStage> = plan.stages.iter().filter(|s| s.config.name.starts_with("eval")).collect();
+    assert_eq!(evals.len(), 21 + 9, "7 rows x 3 seeds, and a second harmful rate for the 3 rows with an inference of their own");
     for stage in evals {
-        for name in ["heldout_redteam", "heldout_pairs", "heldout_helpful"] {
+        for name in stage.config.data.keys() {
             let held_out = prompts(&load(stage, name));
             assert!(!held_out.is_empty());
             let shared: Vec<&String> = held_out.iter().filter(|p| learned.contains(*p)).collect();
             assert!(shared.is_empty(), "`{name}` prompts that a stage learns from: {shared:?}");
         }
     }
+    // The discrimination check has a fixed seed: one stage for every run and seed.
+    let checks: Vec<&PlannedStage> = plan.stages.iter().filter(|s| s.config.name == "discriminate").collect();
+    assert_eq!(checks.len(), 1);
+    assert_eq!((checks[0].config.seed, checks[0].runs.len()), (0, 21));
     // The base row trains nothing: its eval stage starts from the base model.
     let base = plan.runs.iter().filter(|r| r.params["experiment.label"] == "Base (no training)").collect::<Vec<_>>();
     assert_eq!(base.len(), 3);

@@ -340,7 +340,7 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 method_version: req.version,
                 components: req.components.clone(),
                 params,
-                seed: run.seed,
+                seed: st.seed.unwrap_or(run.seed),
                 model: s.model.clone(),
                 model_identity: model_identity.clone(),
                 data,

@@ -121,6 +121,10 @@ pub struct StageSpec {
     /// starts from the model before it, and no later stage may read its records.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip: bool,
+    /// A fixed seed instead of the run's: a stage meant to be the same for every seed (a check of
+    /// the base model) is then one stage shared by all of them, computed once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// Everything else: the method's (or metric list's) parameters, validated by its owner.
     #[serde(flatten)]
     pub params: Table,
@@ -351,6 +355,17 @@ mod tests {
         let (_d, p) = write(&format!("{BASE}\n[slurm]\ntime = \"2h\"\n"));
         let err = load_with_env(&p, &[], Vec::new()).unwrap_err().to_string();
         assert!(err.contains("spec.toml:13:1") && err.contains("slurm.time") && err.contains("not a Slurm time limit"), "{err}");
+    }
+
+    #[test]
+    fn a_stage_seed_is_its_own_key_and_must_be_a_natural_number() {
+        let (_d, p) = write(&format!("{BASE}seed = 7\n"));
+        let l = load_with_env(&p, &[], Vec::new()).unwrap();
+        assert_eq!(l.spec.stage[0].seed, Some(7));
+        assert!(!l.spec.stage[0].params.contains_key("seed"), "not a method parameter");
+        let (_d, p) = write(&format!("{BASE}seed = -1\n"));
+        let err = load_with_env(&p, &[], Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("stage.align") && err.contains(":11:1"), "{err}");
     }
 
     #[test]
