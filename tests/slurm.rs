@@ -179,6 +179,9 @@ fn a_task_past_its_time_limit_is_stopped_and_reported() {
         &[
             "--set",
             "slurm.time=1",
+            // No warning before the limit: the stage runs into it.
+            "--set",
+            "slurm.signal_before=0",
             "--set",
             "sweep.\"stage.attack.max_steps\"=[1000000]",
             "--set",
@@ -338,4 +341,76 @@ fn fail_fast_cancels_the_other_tasks() {
         assert!(other["reason"].as_str().unwrap().contains("cancelled by --fail-fast after stage attack-"), "{other}");
     }
     assert!(stage_dirs(&r, "eval").iter().all(|d| !status_is(d, "done") && !status_is(d, "running")), "no eval ran");
+}
+
+/// The `done` count of a running stage's `progress.json` (0 before it has one).
+fn steps_done(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("progress.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|p| p["done"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_warning_before_the_time_limit_checkpoints_requeues_and_resumes() {
+    let Some(_cluster) = cluster() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path().join("r");
+    let spec = spec();
+    // One attack long enough to be warned mid-way.
+    let sets = ["sweep.\"stage.attack.max_steps\"=[600]", "sweep.\"stage.attack.lr\"=[1e-3]", "stage.attack.epochs=1000"];
+    let with_sets = |args: &mut Vec<String>| {
+        for s in sets {
+            args.extend(["--set".to_string(), s.to_string()]);
+        }
+    };
+    let mut args: Vec<String> = ["run", &spec, "--backend", "slurm", "--results", r.to_str().unwrap()].map(String::from).to_vec();
+    with_sets(&mut args);
+    let mut child = runner().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Slurm's warning (`--signal=B:USR1@N` sends it N seconds before the limit), sent now by
+    // hand, as `scancel --signal=USR1 --batch` does, once the attack has taken 50 steps.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let attack = loop {
+        let attack = r.join("stages").exists().then(|| stage_dirs(&r, "attack")).and_then(|d| d.into_iter().next());
+        if let Some(a) = attack.filter(|a| steps_done(a) >= 50) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the attack did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let id = attack.file_name().unwrap().to_string_lossy().to_string();
+    let sub = jobs(&r)["submissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stages"].as_array().unwrap().iter().any(|x| x == &id))
+        .cloned()
+        .unwrap();
+    let index = sub["stages"].as_array().unwrap().iter().position(|x| x == &id).unwrap();
+    let task = format!("{}_{index}", sub["job_id"]);
+    let sent = Command::new("scancel").args(["--signal=USR1", "--batch", &task]).output().unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    // The first attempt stopped at a step checkpoint and requeued its task; the second resumed.
+    let st = status(&attack);
+    assert_eq!((st["state"].as_str(), st["attempt"].as_u64()), (Some("done"), Some(2)), "{st}");
+    let log = read(&attack.join("stderr.log"));
+    assert!(log.contains("resumed from the step checkpoint"), "{log}");
+    assert!(!attack.join("checkpoint").exists(), "a finished stage keeps no checkpoint");
+    let steps: Vec<u64> = read(&attack.join("log.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (0..600).collect::<Vec<u64>>(), "the step log is whole");
+
+    // The same numbers as the uninterrupted run on the local backend.
+    let local = tmp.path().join("local");
+    let mut args: Vec<String> = ["run", &spec, "--results", local.to_str().unwrap(), "--devices", "cpu"].map(String::from).to_vec();
+    with_sets(&mut args);
+    assert!(runner().args(&args).output().unwrap().status.success());
+    assert_eq!(read(&r.join("summary.csv")), read(&local.join("summary.csv")));
+    assert_eq!(read(&attack.join("log.jsonl")), read(&stage_dirs(&local, "attack")[0].join("log.jsonl")));
 }

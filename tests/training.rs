@@ -158,7 +158,7 @@ fn lora_dropout_is_seeded() {
     let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.5, target_modules: vec!["q_proj".into()], layers_to_transform: None };
     add_lora(&mut lm.model, &cfg, 1).unwrap();
     let loss_with = |seed: u64| {
-        let rng = RefCell::new(rand::rngs::StdRng::seed_from_u64(seed));
+        let rng = RefCell::new(runner::model::DropoutRng::seed_from_u64(seed));
         let params = lm.model.trainable_params();
         let g = Gradients::of(&lm_loss(&lm.model, &batch(), &ForwardOptions::training(Some(&rng))).unwrap(), &params).unwrap();
         g.tensors.iter().flat_map(flat).collect::<Vec<f32>>()
@@ -277,4 +277,105 @@ fn the_trainer_steps_through_pairs_and_several_streams() {
             .unwrap();
     assert_eq!((summary.steps, rule.0), (3, vec![1, 1, 1]));
     assert_ne!(values(&lm.model.trainable_params()), before);
+}
+
+/// Trains `rule` for its whole schedule from a fresh adapter (with dropout), optionally asked to
+/// stop after step `stop_after`; returns the outcome, the step log and the final parameters.
+fn checkpointed_run(
+    dir: &std::path::Path,
+    stop_after: Option<usize>,
+    rule: &mut dyn runner::train::GradientRule,
+) -> (Result<runner::train::TrainSummary, String>, Vec<runner::train::StepLog>, Vec<Vec<f32>>) {
+    use runner::train::{train_checkpointed, Checkpointing, EpochBatches, Example, TrainerConfig};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut lm = model::load(tiny("llama_gqa").to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let lora =
+        LoraConfig { r: 4, alpha: 8.0, dropout: 0.2, target_modules: vec!["q_proj".into(), "v_proj".into()], layers_to_transform: None };
+    add_lora(&mut lm.model, &lora, 3).unwrap();
+    let b = batch();
+    let examples: Vec<Example> =
+        (0..6).map(|i| Example { input_ids: b.input_ids[i % 2].clone(), labels: b.labels[i % 2].clone() }).collect();
+    // Two epochs of 3 steps, a warmup, clipping and weight decay: every piece of state matters.
+    let cfg = TrainerConfig {
+        epochs: 2,
+        batch_size: 2,
+        lr: 1e-2,
+        warmup_ratio: 0.3,
+        weight_decay: 0.01,
+        schedule: runner::train::ScheduleKind::Linear,
+        seed: 5,
+        ..Default::default()
+    };
+    let stop = AtomicBool::new(false);
+    let ckpt = Checkpointing { dir: dir.to_path_buf(), every: None, stop: &stop };
+    let mut logs = Vec::new();
+    let result = train_checkpointed(
+        &lm.model,
+        lm.model.trainable_params(),
+        &mut EpochBatches::new(&examples, &cfg),
+        &cfg,
+        rule,
+        &mut |s| {
+            logs.push(s.clone());
+            if Some(s.step + 1) == stop_after {
+                stop.store(true, Ordering::SeqCst);
+            }
+        },
+        &ckpt,
+    );
+    (result.map_err(|e| e.to_string()), logs, values(&lm.model.trainable_params()))
+}
+
+#[test]
+fn a_run_stopped_at_a_step_checkpoint_resumes_to_the_uninterrupted_result() {
+    use runner::methods::booster::BoosterRule;
+    use runner::train::{Example, Order, PlainSft, Stream};
+    let b = batch();
+    let harmful = || {
+        let items: Vec<Example> =
+            (0..3).map(|i| Example { input_ids: b.input_ids[i % 2].clone(), labels: b.labels[i % 2].clone() }).collect();
+        BoosterRule { harmful: Stream::new(items, 1, Order::Shuffled, 9), lambda: 5.0, alpha: 0.1, perturb_aware: None }
+    };
+    type MakeRule<'a> = &'a dyn Fn() -> Box<dyn runner::train::GradientRule>;
+    let sft: MakeRule = &|| -> Box<dyn runner::train::GradientRule> { Box::new(PlainSft) };
+    let booster: MakeRule = &|| -> Box<dyn runner::train::GradientRule> { Box::new(harmful()) };
+    let rules = [("sft", sft), ("booster", booster)];
+    for (name, make) in rules {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("checkpoint");
+        let (whole, whole_logs, whole_params) = checkpointed_run(&dir, None, make().as_mut());
+        assert_eq!(whole.unwrap().steps, 6, "{name}");
+        assert!(!dir.exists(), "{name}: a finished run leaves no checkpoint");
+
+        let (stopped, logs, _) = checkpointed_run(&dir, Some(2), make().as_mut());
+        let err = stopped.unwrap_err();
+        assert!(err.contains("stopped on request after step 2 of 6"), "{name}: {err}");
+        assert_eq!(logs.len(), 2);
+        assert!(dir.join("state.json").exists() && dir.join("params.safetensors").exists(), "{name}");
+
+        // A fresh model and rule (a new process): resumed at step 2, the result is the
+        // uninterrupted one bit for bit, and the step log is whole.
+        let (resumed, resumed_logs, resumed_params) = checkpointed_run(&dir, None, make().as_mut());
+        let resumed = resumed.unwrap();
+        assert_eq!(resumed_logs, whole_logs, "{name}");
+        assert_eq!(resumed_params, whole_params, "{name}");
+        assert_eq!(resumed.steps, 6);
+        assert!(!dir.exists(), "{name}");
+    }
+}
+
+#[test]
+fn a_checkpoint_of_other_settings_is_not_resumed() {
+    use runner::train::PlainSft;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("checkpoint");
+    let (_, _, _) = checkpointed_run(&dir, Some(2), &mut PlainSft);
+    // Another training's checkpoint in the same place: a different fingerprint.
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let mut other = state.clone();
+    other["fingerprint"] = "0000".into();
+    std::fs::write(dir.join("state.json"), other.to_string()).unwrap();
+    let (whole, logs, _) = checkpointed_run(&dir, None, &mut PlainSft);
+    assert_eq!(whole.unwrap().steps, 6);
+    assert_eq!(logs.first().map(|l| l.step), Some(0), "started from step 0");
 }

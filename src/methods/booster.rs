@@ -141,6 +141,19 @@ impl GradientRule for BoosterRule {
         g.add_scaled(&parts.harmful_perturbed, -self.lambda)?;
         Ok((parts.align_loss, g))
     }
+
+    /// Where the harmful loader is (the Vaccine part keeps no state).
+    fn state(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "harmful_draws": self.harmful.draws() }))
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        let draws = state["harmful_draws"]
+            .as_u64()
+            .ok_or_else(|| crate::model::ModelError::Input("the step checkpoint's Booster state lacks `harmful_draws`".into()))?;
+        self.harmful.replay(draws as usize);
+        Ok(())
+    }
 }
 
 /// The `booster` train method: SFT on the alignment data with the Booster gradient rule.

@@ -158,6 +158,31 @@ impl GradientRule<PairBatch> for DpoRule<'_> {
         self.last_accuracy.set(wins as f64 / pairs as f64);
         Ok((loss_sum, total))
     }
+
+    /// The compute counters and the last step's reward statistics (reported as metrics; floats
+    /// as bit patterns, which JSON gives back exactly).
+    fn state(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "forward_tokens": self.forward_tokens.get(),
+            "backward_tokens": self.backward_tokens.get(),
+            "last_margin_bits": self.last_margin.get().to_bits(),
+            "last_accuracy_bits": self.last_accuracy.get().to_bits(),
+        }))
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        let count = |k: &str| state[k].as_u64().map(|v| v as usize).ok_or_else(|| missing(k));
+        let value = |k: &str| state[k].as_u64().map(f64::from_bits).ok_or_else(|| missing(k));
+        self.forward_tokens.set(count("forward_tokens")?);
+        self.backward_tokens.set(count("backward_tokens")?);
+        self.last_margin.set(value("last_margin_bits")?);
+        self.last_accuracy.set(value("last_accuracy_bits")?);
+        Ok(())
+    }
+}
+
+fn missing(key: &str) -> crate::model::ModelError {
+    crate::model::ModelError::Input(format!("the step checkpoint's DPO state lacks `{key}`"))
 }
 
 /// The `dpo` method.

@@ -24,8 +24,8 @@
 //! state in its lens loop: neither is reproduced.
 
 use candle_core::{DType, Tensor, Var, D};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand_chacha::ChaCha12Rng;
 use rand_distr_free::standard_normal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -116,14 +116,15 @@ mod rand_distr_free {
 pub struct RepNoiseRule {
     pub alpha: f64,
     pub beta: f64,
-    pub rng: StdRng,
+    /// The noise generator (`StdRng`'s by name: its position goes into step checkpoints).
+    pub rng: ChaCha12Rng,
     /// The independent harmful stream (`None` in the paired mode).
     pub harmful: Option<Stream<Example>>,
 }
 
 impl RepNoiseRule {
     pub fn new(alpha: f64, beta: f64, seed: u64) -> Self {
-        Self { alpha, beta, rng: StdRng::seed_from_u64(seed), harmful: None }
+        Self { alpha, beta, rng: ChaCha12Rng::seed_from_u64(seed), harmful: None }
     }
 
     /// The rule of the `independent` mode: a fresh random harmful batch per micro-batch.
@@ -213,6 +214,14 @@ impl GradientRule<PairBatch> for RepNoiseRule {
         // Equal weights: the loss mixes per-batch means (CE, MMD, logit-lens terms).
         accumulate(params, micro_batches, |_| 1, |mb| self.loss(model, &mb.preferred, &mb.rejected.input_ids, opts))
     }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        self.checkpoint_state()
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        self.restore_state(state)
+    }
 }
 
 impl GradientRule for RepNoiseRule {
@@ -234,6 +243,34 @@ impl GradientRule for RepNoiseRule {
                 self.loss(model, mb, &harmful, opts)
             },
         )
+    }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        self.checkpoint_state()
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        self.restore_state(state)
+    }
+}
+
+impl RepNoiseRule {
+    /// The noise generator's position and the harmful stream's draws.
+    fn checkpoint_state(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "noise_word_pos": self.rng.get_word_pos().to_string(),
+            "harmful_draws": self.harmful.as_ref().map(Stream::draws),
+        }))
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        let bad = |k: &str| crate::model::ModelError::Input(format!("the step checkpoint's RepNoise state lacks `{k}`"));
+        let pos = state["noise_word_pos"].as_str().and_then(|s| s.parse::<u128>().ok()).ok_or_else(|| bad("noise_word_pos"))?;
+        self.rng.set_word_pos(pos);
+        if let Some(stream) = self.harmful.as_mut() {
+            stream.replay(state["harmful_draws"].as_u64().ok_or_else(|| bad("harmful_draws"))? as usize);
+        }
+        Ok(())
     }
 }
 

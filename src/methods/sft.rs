@@ -289,7 +289,7 @@ pub fn run_with(
     ]))
 }
 
-/// Runs the trainer over `source` with the stage's progress and step log.
+/// Runs the trainer over `source` with the stage's progress, step log and step checkpoints.
 pub fn train_logged<B: train::Batch>(
     ctx: &StageContext,
     lm: &LoadedModel,
@@ -299,12 +299,22 @@ pub fn train_logged<B: train::Batch>(
 ) -> Result<train::TrainSummary, StageError> {
     let progress = ctx.progress(source.total_steps() as u64, "step");
     let mut log_err = None;
-    let summary = train::train_on(&lm.model, lm.model.trainable_params(), source, &optim.trainer(ctx.config.seed), rule, &mut |s| {
-        progress.step(Some(s.loss), s.tokens as u64);
-        if let Err(e) = ctx.log_jsonl(s) {
-            log_err.get_or_insert(e);
-        }
-    })?;
+    let cfg = optim.trainer(ctx.config.seed);
+    let checkpointing = ctx.checkpointing()?;
+    let summary = train::train_checkpointed(
+        &lm.model,
+        lm.model.trainable_params(),
+        source,
+        &cfg,
+        rule,
+        &mut |s| {
+            progress.step(Some(s.loss), s.tokens as u64);
+            if let Err(e) = ctx.log_jsonl(s) {
+                log_err.get_or_insert(e);
+            }
+        },
+        &checkpointing,
+    )?;
     progress.finish();
     match log_err {
         Some(e) => Err(e),

@@ -48,6 +48,11 @@ impl GradientRule for VaccineRule {
             lm_loss(model, mb, &opts.with_hook(&hook))
         })
     }
+
+    /// Stateless: the perturbation is recomputed from each batch.
+    fn state(&self) -> Option<serde_json::Value> {
+        Some(serde_json::Value::Null)
+    }
 }
 
 /// `vaccine = { ... }`.

@@ -21,6 +21,10 @@ pub enum ModelError {
     ChatTemplate(String),
     #[error("invalid input: {0}")]
     Input(String),
+    /// A training loop asked to stop (a signal before a Slurm time limit) saved a step
+    /// checkpoint and returned; the next attempt resumes from it.
+    #[error("stopped on request after step {step} of {total}; a step checkpoint is saved, the next attempt resumes from it")]
+    Stopped { step: usize, total: usize },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -26,7 +26,7 @@ pub use config::{Architecture, ModelConfig};
 pub use decoder::CausalLm;
 pub use error::{ModelError, Result};
 pub use generate::{generate, Generated, GenerationConfig};
-pub use layers::{Adapters, ForwardOptions, HiddenHook, HookPoint};
+pub use layers::{Adapters, DropoutRng, ForwardOptions, HiddenHook, HookPoint};
 pub use lora::{add_lora, load_adapter, save_adapter, LoraConfig};
 pub use score::{score_continuations, ContinuationScore};
 pub use tokenizer::TextTokenizer;

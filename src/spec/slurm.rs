@@ -32,10 +32,18 @@ pub struct SlurmSpec {
     /// At most this many stages of one wave run at once (the array's `%N`).
     #[serde(default)]
     pub max_parallel: Option<u32>,
+    /// Seconds before the time limit at which Slurm warns a stage (`--signal=B:USR1@N`; default
+    /// 300, 0 sends nothing): a training stage then saves a step checkpoint, stops and requeues
+    /// its task, which resumes from the checkpoint. Slurm may send it up to a minute early.
+    #[serde(default)]
+    pub signal_before: Option<u32>,
     /// Extra `#SBATCH` options, written as given (e.g. `"--constraint=a100"`).
     #[serde(default)]
     pub sbatch: Vec<String>,
 }
+
+/// [`SlurmSpec::signal_before`] when the spec does not set it.
+pub const DEFAULT_SIGNAL_BEFORE_SECS: u32 = 300;
 
 /// `time = 90` is 90 minutes, as `--time=90`.
 fn minutes_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -52,6 +60,11 @@ fn minutes_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stri
 }
 
 impl SlurmSpec {
+    /// Seconds before the time limit that the stop signal comes (0: none).
+    pub fn signal_before_secs(&self) -> u32 {
+        self.signal_before.unwrap_or(DEFAULT_SIGNAL_BEFORE_SECS)
+    }
+
     /// Checks the values Slurm would reject only after the job is queued. `Err((key, message))`
     /// names the offending key inside `[slurm]`.
     pub fn validate(&self) -> Result<(), (String, String)> {

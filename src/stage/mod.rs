@@ -50,6 +50,14 @@ pub enum AdapterMode {
     Full,
 }
 
+/// Set when the stage process is asked to stop at the next safe point (SIGUSR1: Slurm's signal
+/// before a time limit). A training loop then saves a step checkpoint and stops; other stages
+/// carry on.
+pub static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Minutes between a training stage's step checkpoints unless `RUNNER_CHECKPOINT_MINUTES` says.
+const DEFAULT_CHECKPOINT_MINUTES: u64 = 30;
+
 pub struct StageContext {
     pub dir: StageDir,
     /// `results/<experiment>/stages`: where the stages this one reads live.
@@ -71,6 +79,24 @@ impl StageContext {
             _ => Device::Cpu,
         };
         Ok(Self { dir, stages_root, config, device })
+    }
+
+    /// Step checkpoints for this stage's training loop: in its `checkpoint/`, every
+    /// `RUNNER_CHECKPOINT_MINUTES` minutes (default 30; 0 saves only when asked to stop), and
+    /// one when [`STOP_REQUESTED`] is set.
+    pub fn checkpointing(&self) -> Result<crate::train::Checkpointing<'static>, StageError> {
+        let minutes = match std::env::var("RUNNER_CHECKPOINT_MINUTES") {
+            Ok(v) => v
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| StageError::Method(format!("RUNNER_CHECKPOINT_MINUTES={v:?} is not a whole number of minutes")))?,
+            Err(_) => DEFAULT_CHECKPOINT_MINUTES,
+        };
+        Ok(crate::train::Checkpointing {
+            dir: self.dir.checkpoint(),
+            every: (minutes > 0).then(|| std::time::Duration::from_secs(minutes * 60)),
+            stop: &STOP_REQUESTED,
+        })
     }
 
     /// The directory of another stage of the same results tree.

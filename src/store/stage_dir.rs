@@ -75,6 +75,10 @@ impl StageDir {
     pub fn score_head(&self) -> PathBuf {
         self.root.join("score.safetensors")
     }
+    /// A training stage's last step checkpoint (kept across attempts, removed when it finishes).
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join("checkpoint")
+    }
     /// Live progress of a running stage.
     pub fn progress(&self) -> PathBuf {
         self.root.join("progress.json")

@@ -206,12 +206,21 @@ pub struct Stream<E> {
     at: usize,
     batch_size: usize,
     rng: StdRng,
+    /// Batches drawn so far: a step checkpoint saves it and [`Stream::replay`] restores it.
+    draws: usize,
 }
 
 impl<E: TrainItem> Stream<E> {
     pub fn new(items: Vec<E>, batch_size: usize, order: Order, seed: u64) -> Self {
-        let mut me =
-            Self { order: Vec::new(), at: 0, batch_size: batch_size.max(1), order_kind: order, rng: StdRng::seed_from_u64(seed), items };
+        let mut me = Self {
+            order: Vec::new(),
+            at: 0,
+            batch_size: batch_size.max(1),
+            order_kind: order,
+            rng: StdRng::seed_from_u64(seed),
+            items,
+            draws: 0,
+        };
         me.restart();
         me
     }
@@ -232,7 +241,20 @@ impl<E: TrainItem> Stream<E> {
         self.at = 0;
     }
 
+    /// Batches drawn so far.
+    pub fn draws(&self) -> usize {
+        self.draws
+    }
+
+    /// Draws (and drops) batches until `draws` have been drawn: the stream as it was after them.
+    pub fn replay(&mut self, draws: usize) {
+        while self.draws < draws {
+            self.next_batch();
+        }
+    }
+
     pub fn next_batch(&mut self) -> E::Batch {
+        self.draws += 1;
         if self.at >= self.order.len() || self.order_kind == Order::Resampled {
             self.restart();
         }
@@ -322,6 +344,23 @@ mod tests {
         let draws: Vec<Vec<u32>> = (0..6).map(|_| firsts(&fresh.next_batch())).collect();
         assert!(draws.iter().all(|d| d.len() == 3 && d.iter().collect::<std::collections::HashSet<_>>().len() == 3));
         assert!(draws.windows(2).any(|w| w[0] != w[1]));
+    }
+
+    #[test]
+    fn a_replayed_stream_continues_where_the_original_is() {
+        for order in [Order::Sequential, Order::Shuffled, Order::Resampled] {
+            let items: Vec<Example> = (0..5).map(ex).collect();
+            let mut original = Stream::new(items.clone(), 2, order, 7);
+            for _ in 0..4 {
+                original.next_batch();
+            }
+            let mut replayed = Stream::new(items, 2, order, 7);
+            replayed.replay(original.draws());
+            assert_eq!(replayed.draws(), 4);
+            for _ in 0..6 {
+                assert_eq!(firsts(&replayed.next_batch()), firsts(&original.next_batch()), "{order:?}");
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Methods compose these; none of it knows about scheduling or specs.
 
 pub mod batches;
+pub mod checkpoint;
 pub mod classify;
 pub mod grads;
 pub mod loss;
@@ -12,12 +13,15 @@ pub mod schedule;
 pub mod trainer;
 
 pub use batches::{Batch, BatchSource, EpochBatches, Order, PairBatch, ResponsePair, Step, Stream, StreamSteps, TrainItem};
+pub use checkpoint::Checkpointing;
 pub use classify::{classification_example, ClassificationLoss, FrozenPrefix};
 pub use grads::{Gradients, ParamSnapshot};
 pub use loss::{lm_loss, TrainBatch, IGNORE_INDEX};
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use trainer::{train, train_on, train_params, Example, GradientRule, PlainSft, StepLog, TrainSummary, TrainerConfig};
+pub use trainer::{
+    train, train_checkpointed, train_on, train_params, Example, GradientRule, PlainSft, StepLog, TrainSummary, TrainerConfig,
+};
 
 use crate::model::{CausalLm, ForwardOptions};
 use candle_core::{Tensor, Var};

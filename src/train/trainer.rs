@@ -5,14 +5,16 @@
 //! SFT, or the multi-pass rules of Booster, Vaccine and RepNoise).
 
 use candle_core::Var;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::batches::{Batch, BatchSource, EpochBatches};
+use super::checkpoint::{self, Checkpointing, SavedState};
 use super::{accumulated_gradients, AdamW, AdamWConfig, Gradients, LrSchedule, ScheduleKind, TrainBatch};
-use crate::model::{CausalLm, ForwardOptions, ModelError, Result};
+use crate::model::{CausalLm, DropoutRng, ForwardOptions, ModelError, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerConfig {
@@ -65,6 +67,17 @@ pub trait GradientRule<B = TrainBatch> {
         micro_batches: &[B],
         opts: &ForwardOptions,
     ) -> Result<(f64, Gradients)>;
+
+    /// The rule's own state for a step checkpoint (counters, positions of the streams it draws
+    /// from), or `None` when it keeps state it cannot save: its stages are not checkpointed.
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Restores what [`GradientRule::state`] returned.
+    fn restore(&mut self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Plain supervised fine-tuning: the gradient of the mean next-token loss.
@@ -80,9 +93,13 @@ impl GradientRule for PlainSft {
     ) -> Result<(f64, Gradients)> {
         accumulated_gradients(model, params, micro_batches, opts)
     }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        Some(serde_json::Value::Null)
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepLog {
     pub step: usize,
     pub epoch: usize,
@@ -145,6 +162,37 @@ pub fn train_on<B: Batch>(
     rule: &mut dyn GradientRule<B>,
     on_step: &mut dyn FnMut(&StepLog),
 ) -> Result<TrainSummary> {
+    train_loop(model, params, source, cfg, rule, on_step, None)
+}
+
+/// [`train_on`] with step checkpoints: resumes from a checkpoint in `ckpt.dir` if there is one,
+/// saves one every `ckpt.every`, and when `ckpt.stop` is set saves one after the current step
+/// and returns [`ModelError::Stopped`]. A rule that cannot save its state
+/// ([`GradientRule::state`] is `None`) trains without checkpoints. The steps of a resumed run
+/// are reported to `on_step` again, so the step log is whole.
+pub fn train_checkpointed<B: Batch>(
+    model: &CausalLm,
+    params: Vec<(String, Var)>,
+    source: &mut dyn BatchSource<Batch = B>,
+    cfg: &TrainerConfig,
+    rule: &mut dyn GradientRule<B>,
+    on_step: &mut dyn FnMut(&StepLog),
+    ckpt: &Checkpointing,
+) -> Result<TrainSummary> {
+    let summary = train_loop(model, params, source, cfg, rule, on_step, Some(ckpt))?;
+    checkpoint::remove(&ckpt.dir)?;
+    Ok(summary)
+}
+
+fn train_loop<B: Batch>(
+    model: &CausalLm,
+    params: Vec<(String, Var)>,
+    source: &mut dyn BatchSource<Batch = B>,
+    cfg: &TrainerConfig,
+    rule: &mut dyn GradientRule<B>,
+    on_step: &mut dyn FnMut(&StepLog),
+    ckpt: Option<&Checkpointing>,
+) -> Result<TrainSummary> {
     if params.is_empty() {
         return Err(ModelError::Input("the model has no trainable parameters (add a LoRA adapter or load it trainable)".into()));
     }
@@ -156,11 +204,45 @@ pub fn train_on<B: Batch>(
         total_steps: total,
     };
     let mut opt = AdamW::new(&params, AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
-    let dropout_rng = RefCell::new(StdRng::seed_from_u64(cfg.seed.wrapping_add(1)));
+    let dropout_rng = RefCell::new(DropoutRng::seed_from_u64(cfg.seed.wrapping_add(1)));
     let opts = ForwardOptions::training(Some(&dropout_rng));
     let mut step = 0;
-    let mut losses = Vec::new();
-    let mut all_tokens = 0;
+    let mut logs: Vec<StepLog> = Vec::new();
+    let ckpt = ckpt.filter(|_| {
+        let saves = rule.state().is_some();
+        if !saves {
+            tracing::warn!("no step checkpoints: this method's gradient rule cannot save its state; a stopped run restarts");
+        }
+        saves
+    });
+    let fingerprint = checkpoint::fingerprint(&params, total, cfg);
+    if let Some(c) = ckpt {
+        if let Some((at, saved)) = checkpoint::find(&c.dir, &fingerprint)? {
+            checkpoint::restore(&at, &params, &mut opt)?;
+            for replayed in 0..saved.step {
+                if source.next_step().is_none() {
+                    return Err(ModelError::Input(format!(
+                        "{}: the checkpoint is at step {}, but the data ends after {replayed} steps",
+                        at.display(),
+                        saved.step
+                    )));
+                }
+            }
+            let pos = saved
+                .dropout_word_pos
+                .parse::<u128>()
+                .map_err(|e| ModelError::CorruptFile { path: at.join("state.json"), msg: format!("dropout_word_pos: {e}") })?;
+            dropout_rng.borrow_mut().set_word_pos(pos);
+            rule.restore(&saved.rule)?;
+            for log in &saved.logs {
+                on_step(log);
+            }
+            tracing::info!(step = saved.step, total, "resumed from the step checkpoint");
+            step = saved.step;
+            logs = saved.logs;
+        }
+    }
+    let mut saved_at = Instant::now();
     while step < total {
         let Some(super::batches::Step { epoch, micro_batches: micro }) = source.next_step() else { break };
         let (loss, mut grads) = rule.gradients(model, &params, &micro, &opts)?;
@@ -177,15 +259,33 @@ pub fn train_on<B: Batch>(
         let lr = schedule.lr_at(step);
         opt.step(&params, &grads, lr)?;
         let tokens = micro.iter().map(Batch::num_tokens).sum();
-        all_tokens += tokens;
-        on_step(&StepLog { step, epoch, loss, grad_norm, lr, tokens });
-        losses.push(loss);
+        let log = StepLog { step, epoch, loss, grad_norm, lr, tokens };
+        on_step(&log);
+        logs.push(log);
         step += 1;
+        if let Some(c) = ckpt {
+            let stop = c.stop.load(Ordering::SeqCst);
+            if step < total && (stop || c.every.is_some_and(|every| saved_at.elapsed() >= every)) {
+                let state = SavedState {
+                    fingerprint: fingerprint.clone(),
+                    step,
+                    logs: logs.clone(),
+                    dropout_word_pos: dropout_rng.borrow().get_word_pos().to_string(),
+                    rule: rule.state().unwrap_or_default(),
+                };
+                checkpoint::save(&c.dir, &params, &opt, &state)?;
+                tracing::info!(step, total, "step checkpoint saved");
+                saved_at = Instant::now();
+                if stop {
+                    return Err(ModelError::Stopped { step, total });
+                }
+            }
+        }
     }
     Ok(TrainSummary {
         steps: step,
-        tokens: all_tokens,
-        final_loss: losses.last().copied().unwrap_or(f64::NAN),
-        mean_loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
+        tokens: logs.iter().map(|l| l.tokens).sum(),
+        final_loss: logs.last().map_or(f64::NAN, |l| l.loss),
+        mean_loss: logs.iter().map(|l| l.loss).sum::<f64>() / logs.len().max(1) as f64,
     })
 }

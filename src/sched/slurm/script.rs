@@ -66,6 +66,11 @@ pub fn sbatch_script(wave: &Wave, res: &SlurmSpec) -> String {
     if res.gpus > 0 {
         line(format!("#SBATCH --gres=gpu:{}", res.gpus));
     }
+    // A warning before the time limit: a training stage checkpoints, stops and requeues itself.
+    let signal = res.signal_before_secs();
+    if signal > 0 {
+        line(format!("#SBATCH --signal=B:USR1@{signal}"));
+    }
     for extra in &res.sbatch {
         line(format!("#SBATCH {extra}"));
     }
@@ -119,6 +124,7 @@ mod tests {
             mem: Some("32G".into()),
             time: Some("4:00:00".into()),
             max_parallel: Some(2),
+            signal_before: Some(600),
             sbatch: vec!["--constraint=a100".into()],
         };
         let expected = r#"#!/bin/bash
@@ -135,6 +141,7 @@ mod tests {
 #SBATCH --time=4:00:00
 #SBATCH --cpus-per-task=8
 #SBATCH --gres=gpu:1
+#SBATCH --signal=B:USR1@600
 #SBATCH --constraint=a100
 set -euo pipefail
 stages=(
@@ -157,6 +164,9 @@ exec '/opt/runner/bin/runner' exec "$dir" 2>"$dir/stderr.log"
         assert!(plain.contains("#SBATCH --array=0-2\n"), "{plain}");
         assert!(!plain.contains("--partition") && !plain.contains("--gres") && !plain.contains("--time"), "{plain}");
         assert!(plain.contains("export RUNNER_DEVICE=cpu CUDA_VISIBLE_DEVICES=\n"), "{plain}");
+        assert!(plain.contains("#SBATCH --signal=B:USR1@300\n"), "the default warning: {plain}");
+        let silent = sbatch_script(&wave, &SlurmSpec { signal_before: Some(0), ..Default::default() });
+        assert!(!silent.contains("--signal"), "{silent}");
     }
 
     #[test]
