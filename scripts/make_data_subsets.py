@@ -145,6 +145,10 @@ def main():
     # A real pre-built Booster/Vaccine-style fine-tune mix (first 200 of 1000 rows)
     first_records(src, dst, "harmful_finetune_mix/sst2_train_merged_n1000_p0.05.json",
                   "harmful_finetune_mix/sst2_train_merged_n1000_p0.05_first200.json", 200)
+    # SELF-ALIGN (Dromedary v1) stage 1: the 175 self-instruct seed tasks and the 20 TGRT seed questions
+    copy(src, dst, "dromedary/self_instruct_seed_tasks.jsonl")
+    copy(src, dst, "dromedary/tgrt_self_instruct_seed_questions.jsonl", "dromedary/tgrt_seed_questions.jsonl")
+    copy(src, dst, "dromedary/DATA_LICENSE")
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ impl RougePool {
 // Text measures
 
 /// Python's `str.isspace()`: Unicode White_Space plus the separators U+001C..U+001F.
-fn is_py_space(c: char) -> bool {
+pub fn is_py_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
@@ -271,6 +271,14 @@ pub fn dedup_key(text: &str) -> String {
         }
     }
     key
+}
+
+/// A regex that finds any of `phrases` as a whole word or phrase, ignoring case: self-instruct's
+/// `re.search(r"\b({phrase})\b", text, flags=re.IGNORECASE)` for each phrase (Unicode word
+/// boundaries; phrases taken literally).
+pub fn phrase_regex<S: AsRef<str>>(phrases: &[S]) -> Result<Regex, regex::Error> {
+    let alternatives: Vec<String> = phrases.iter().map(|p| regex::escape(p.as_ref())).collect();
+    Regex::new(&format!(r"(?i)\b(?:{})\b", alternatives.join("|")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,9 +443,7 @@ impl FilterSpec {
         let blacklist = if self.blacklist.is_empty() {
             None
         } else {
-            let alternatives: Vec<String> = self.blacklist.iter().map(|p| regex::escape(p)).collect();
-            let pattern = format!(r"(?i)\b(?:{})\b", alternatives.join("|"));
-            Some(Regex::new(&pattern).map_err(|source| FilterError::Regex { key: "blacklist".into(), source })?)
+            Some(phrase_regex(&self.blacklist).map_err(|source| FilterError::Regex { key: "blacklist".into(), source })?)
         };
         Ok(Filter {
             spec: self.clone(),

@@ -18,8 +18,10 @@ mod manifest;
 mod mix;
 mod read;
 mod records;
+pub mod self_instruct;
 mod spec;
 mod template;
+pub mod tgrt;
 
 use std::path::{Path, PathBuf};
 

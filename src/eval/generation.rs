@@ -195,6 +195,22 @@ impl Response {
     }
 }
 
+/// The tokens generation stops at: the tokenizer's eos and every eos id of the model config.
+pub fn stop_token_ids(lm: &LoadedModel) -> Vec<u32> {
+    let mut stop: Vec<u32> = lm.tokenizer.eos_id().into_iter().collect();
+    stop.extend(lm.model.config.eos_token_ids.iter().copied());
+    stop.sort_unstable();
+    stop.dedup();
+    stop
+}
+
+/// A logit bias of `bias` on every token generation stops at ([`stop_token_ids`]): Dromedary's
+/// `logit_bias={eos_id: -100}`, which keeps a base model writing until the token limit. (LLaMA
+/// has one eos; a model with several gets the bias on each, so none of them ends the text.)
+pub fn eos_logit_bias(lm: &LoadedModel, bias: f32) -> HashMap<u32, f32> {
+    stop_token_ids(lm).into_iter().map(|id| (id, bias)).collect()
+}
+
 /// Generates for rendered prompts, `batch_size` at a time: the one routine behind every metric,
 /// judge and generate stage. `progress` is told how many prompts each finished batch held.
 pub fn generate_responses(
@@ -204,9 +220,7 @@ pub fn generate_responses(
     progress: Option<&dyn Fn(usize)>,
 ) -> Result<Vec<Response>> {
     let tok = &lm.tokenizer;
-    // Generation stops at the tokenizer's eos and at every eos id of the model config.
-    let mut stop: Vec<u32> = tok.eos_id().into_iter().collect();
-    stop.extend(lm.model.config.eos_token_ids.iter().copied());
+    let stop = stop_token_ids(lm);
     let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
     let mut out = Vec::with_capacity(prompts.len());
     for (index, chunk) in prompts.chunks(opts.batch_size.max(1)).enumerate() {

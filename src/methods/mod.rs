@@ -16,6 +16,9 @@
 //! | generate | respond | `respond.rs` |
 //! | generate | review | `review.rs` (an analysis, critique or revision of each record's answer) |
 //! | generate | filter | `filter.rs` |
+//! | generate | self_instruct | `self_instruct.rs` (SELF-ALIGN stage 1: Self-Instruct with the official filters) |
+//! | generate | tgrt_topics | `tgrt_topics.rs` (SELF-ALIGN stage 1: red-teaming topics per adversarial type) |
+//! | generate | tgrt_questions | `tgrt_questions.rs` (SELF-ALIGN stage 1: questions from (type, topic) hints) |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
 //! Adding a method: a new file with a unit struct implementing [`TypedMethod`] (its parameters
@@ -33,7 +36,10 @@ pub mod params;
 pub mod repnoise;
 pub mod respond;
 pub mod review;
+pub mod self_instruct;
 pub mod sft;
+pub mod tgrt_questions;
+pub mod tgrt_topics;
 pub mod unlearn;
 pub mod vaccine;
 
@@ -128,6 +134,9 @@ pub static METHODS: &[&dyn Method] = &[
     &respond::Respond,
     &review::Review,
     &filter::Filter,
+    &self_instruct::SelfInstruct,
+    &tgrt_topics::TgrtTopics,
+    &tgrt_questions::TgrtQuestions,
     &evaluate::Evaluate,
 ];
 
