@@ -114,10 +114,16 @@ fn the_sweep_on_slurm_gives_the_local_numbers() {
     let reference = local_summary();
     let tmp = tempfile::tempdir().unwrap();
     let r = tmp.path().join("r");
-    let out = slurm_run(&r, &["--set", "slurm.max_parallel=2"]);
+    // The eval stages ask for a time limit of their own: not part of their identity.
+    let out = slurm_run(&r, &["--set", "slurm.max_parallel=2", "--set", "stage.eval.slurm.time=10"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("9 stages run, 0 reused, 0 failed; 4 of 4 runs done"));
     assert_eq!(read(&r.join("summary.csv")), reference, "the same numbers as the local backend");
+    for sub in jobs(&r)["submissions"].as_array().unwrap() {
+        let evals = sub["stages"].as_array().unwrap().iter().all(|s| s.as_str().unwrap().starts_with("eval-"));
+        let script = read(&r.join(format!("slurm/wave-{}.sbatch", sub["wave"])));
+        assert_eq!(script.contains("#SBATCH --time=10\n"), evals, "{script}");
+    }
     // One array per wave: the shared alignment stage, then its four attacks; the evals follow
     // their attacks as those finish.
     let subs = jobs(&r)["submissions"].as_array().unwrap().clone();

@@ -269,7 +269,13 @@ pub fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
     refresh_page(&plan, &results);
     let progress = SweepProgress { bar, _multi: multi, plain, plan: &plan, results: results.clone() };
     let outcome = if slurm {
-        let opts = SlurmOptions { resources: loaded.spec.slurm.clone(), fail_fast: args.fail_fast, exe, poll };
+        let opts = SlurmOptions {
+            resources: loaded.spec.slurm.clone(),
+            stage_resources: loaded.spec.stage_resources(),
+            fail_fast: args.fail_fast,
+            exe,
+            poll,
+        };
         sched::run_slurm(&plan, &results, &opts, &progress)?
     } else {
         let opts = LocalOptions { devices, jobs_per_device: args.jobs_per_device, fail_fast: args.fail_fast, exe };

@@ -125,6 +125,10 @@ pub struct StageSpec {
     /// the base model) is then one stage shared by all of them, computed once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Slurm resources of this stage: keys of `[slurm]` that replace the spec table's
+    /// ([`SlurmSpec::for_stage`]). Not part of the stage's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<Table>,
     /// Everything else: the method's (or metric list's) parameters, validated by its owner.
     #[serde(flatten)]
     pub params: Table,
@@ -292,8 +296,24 @@ fn validate_structure(spec: &Spec, document: &Table, sources: &Sources) -> Resul
         if !seen.insert(s.id.clone()) {
             return Err(err(vec!["stage".into(), i.to_string(), "id".into()], format!("stage id `{}` is used twice", s.id)));
         }
+        if let Some(table) = &s.slurm {
+            if let Err((key, msg, suggestion)) = spec.slurm.for_stage(table) {
+                let mut e = err(vec!["stage".into(), i.to_string(), "slurm".into(), key], msg);
+                if let SpecError::Invalid { suggestion: s, .. } = &mut e {
+                    *s = suggestion;
+                }
+                return Err(e);
+            }
+        }
     }
     Ok(())
+}
+
+impl Spec {
+    /// The Slurm resources of each stage that has its own `slurm` table, by stage id.
+    pub fn stage_resources(&self) -> BTreeMap<String, SlurmSpec> {
+        self.stage.iter().filter_map(|s| Some((s.id.clone(), self.slurm.for_stage(s.slurm.as_ref()?).ok()?))).collect()
+    }
 }
 
 #[cfg(test)]
@@ -366,6 +386,21 @@ mod tests {
         let (_d, p) = write(&format!("{BASE}seed = -1\n"));
         let err = load_with_env(&p, &[], Vec::new()).unwrap_err().to_string();
         assert!(err.contains("stage.align") && err.contains(":11:1"), "{err}");
+    }
+
+    #[test]
+    fn a_stage_slurm_table_is_checked_and_located() {
+        let (_d, p) = write(&format!("{BASE}slurm = {{ time = 30, gpus = 2 }}\n\n[slurm]\npartition = \"gpu\"\n"));
+        let l = load_with_env(&p, &[], Vec::new()).unwrap();
+        let res = l.spec.stage_resources();
+        assert_eq!((res["align"].partition.as_deref(), res["align"].time.as_deref(), res["align"].gpus), (Some("gpu"), Some("30"), 2));
+        assert!(!l.spec.stage[0].params.contains_key("slurm"), "not a method parameter (nor the stage's identity)");
+        let (_d, p) = write(&format!("{BASE}slurm = {{ tme = 30 }}\n"));
+        let err = load_with_env(&p, &[], Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("stage.align.slurm.tme") && err.contains("did you mean `time`"), "{err}");
+        let (_d, p) = write(BASE);
+        let err = load_with_env(&p, &["stage.align.slurm.mem=\"lots\"".into()], Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("stage.align.slurm.mem") && err.contains("not a Slurm memory size"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The spec's `[slurm]` table: the resources each stage's Slurm job asks for
 //! (`runner run --backend slurm`). Every key is optional; `--set slurm.time=2:00:00` overrides
-//! one from the command line, as any other key.
+//! one from the command line, as any other key. A stage's own `slurm = { ... }` table replaces
+//! keys of it for that stage ([`SlurmSpec::for_stage`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +60,29 @@ fn minutes_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stri
     }))
 }
 
+/// The keys of `[slurm]` (and of a stage's `slurm` table).
+pub const KEYS: [&str; 10] = ["partition", "account", "qos", "gpus", "cpus", "mem", "time", "max_parallel", "signal_before", "sbatch"];
+
 impl SlurmSpec {
+    /// This table with a stage's `slurm = { ... }` keys in place of its own, validated.
+    /// `Err((key, message, closest valid key))` names the offending key inside the stage's table.
+    pub fn for_stage(&self, stage: &toml::Table) -> Result<SlurmSpec, (String, String, Option<String>)> {
+        if let Some(key) = stage.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err((key.clone(), "unknown key".into(), crate::spec::closest(key, KEYS.iter().copied())));
+        }
+        let mut table = toml::Table::try_from(self).map_err(|e| (String::new(), e.to_string(), None))?;
+        table.extend(stage.clone());
+        let parse = |t: toml::Table| -> Result<SlurmSpec, toml::de::Error> { toml::Value::Table(t).try_into() };
+        let merged = parse(table).map_err(|e| {
+            // serde's message does not name the key: the stage's key that fails on its own does.
+            let alone = |(k, v): (&String, &toml::Value)| parse(toml::Table::from_iter([(k.clone(), v.clone())])).is_err();
+            let key = stage.iter().find(|kv| alone(*kv)).map(|(k, _)| k.clone()).unwrap_or_default();
+            (key, e.message().to_string(), None)
+        })?;
+        merged.validate().map_err(|(key, msg)| (key, msg, None))?;
+        Ok(merged)
+    }
+
     /// Seconds before the time limit that the stop signal comes (0: none).
     pub fn signal_before_secs(&self) -> u32 {
         self.signal_before.unwrap_or(DEFAULT_SIGNAL_BEFORE_SECS)
@@ -123,6 +146,46 @@ fn is_time_limit(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_table_replaces_keys_and_is_checked_like_the_spec_table() {
+        let spec = SlurmSpec { partition: Some("gpu".into()), gpus: 1, time: Some("4:00:00".into()), ..Default::default() };
+        let stage: toml::Table = toml::from_str("time = 30\ngpus = 0\nmem = \"64G\"").unwrap();
+        let merged = spec.for_stage(&stage).unwrap();
+        assert_eq!(
+            merged,
+            SlurmSpec { partition: Some("gpu".into()), gpus: 0, time: Some("30".into()), mem: Some("64G".into()), ..Default::default() }
+        );
+        assert_eq!(spec.for_stage(&toml::Table::new()).unwrap(), spec, "no keys: the spec's table");
+        let (key, msg, suggestion) = spec.for_stage(&toml::from_str("tme = 30").unwrap()).unwrap_err();
+        assert_eq!((key.as_str(), msg.as_str(), suggestion.as_deref()), ("tme", "unknown key", Some("time")));
+        let (key, msg, _) = spec.for_stage(&toml::from_str("time = \"1h\"").unwrap()).unwrap_err();
+        assert!(key == "time" && msg.contains("not a Slurm time limit"), "{key}: {msg}");
+        let (key, msg, _) = spec.for_stage(&toml::from_str("gpus = \"two\"").unwrap()).unwrap_err();
+        assert_eq!(key, "gpus", "{msg}");
+    }
+
+    #[test]
+    fn keys_lists_every_field() {
+        let full = SlurmSpec {
+            partition: Some("p".into()),
+            account: Some("a".into()),
+            qos: Some("q".into()),
+            gpus: 1,
+            cpus: Some(1),
+            mem: Some("1G".into()),
+            time: Some("1".into()),
+            max_parallel: Some(1),
+            signal_before: Some(1),
+            sbatch: vec!["--x".into()],
+        };
+        let table = toml::Table::try_from(&full).unwrap();
+        let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut expected = KEYS.to_vec();
+        keys.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+    }
 
     #[test]
     fn values_slurm_would_reject_are_named() {

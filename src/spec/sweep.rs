@@ -22,6 +22,12 @@ pub fn expand(loaded: &LoadedSpec) -> Result<Vec<RunSpec>, SpecError> {
         msg,
         suggestion: None,
     };
+    // Resources are the runner's, per stage, not a run's: a stage shared by runs could not
+    // take two.
+    let swept = sweep.grid.keys().chain(sweep.zip.iter().flat_map(|g| g.keys()));
+    if let Some(key) = swept.into_iter().find(|k| is_resource_key(k)) {
+        return Err(sweep_err(key, "Slurm resources are not swept: set them in [slurm] or in the stage's `slurm` table".into()));
+    }
     // Each axis is a list of assignments (one per point); a grid key is an axis of one key.
     let mut axes: Vec<Vec<Vec<(String, Value)>>> = Vec::new();
     for (key, values) in &sweep.grid {
@@ -64,6 +70,12 @@ pub fn expand(loaded: &LoadedSpec) -> Result<Vec<RunSpec>, SpecError> {
         }
     }
     Ok(runs)
+}
+
+/// `slurm.*` or `stage.<id>.slurm...`.
+fn is_resource_key(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('.').collect();
+    parts[0] == "slurm" || (parts[0] == "stage" && parts.get(2) == Some(&"slurm"))
 }
 
 #[cfg(test)]
@@ -113,5 +125,17 @@ mix = [{ data = "a" }, { data = "b", ratio = 0.1 }]
         let ratios: std::collections::BTreeSet<String> =
             runs.iter().map(|r| r.spec.stage[1].params["mix"][1]["ratio"].to_string()).collect();
         assert_eq!(ratios.len(), 3);
+    }
+
+    #[test]
+    fn resources_are_not_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        for key in ["\"slurm.time\" = [1, 2]", "\"stage.attack.slurm.gpus\" = [0, 1]"] {
+            std::fs::write(&p, SPEC.replace("[[sweep.zip]]", &format!("{key}\n\n[[sweep.zip]]"))).unwrap();
+            let loaded = load_with_env(&p, &[], Vec::new()).unwrap();
+            let err = super::expand(&loaded).unwrap_err().to_string();
+            assert!(err.contains("Slurm resources are not swept"), "{err}");
+        }
     }
 }

@@ -47,12 +47,35 @@ pub enum SlurmError {
 pub struct SlurmOptions {
     /// What each stage's task asks Slurm for (the spec's `[slurm]` table).
     pub resources: SlurmSpec,
+    /// What the stages with their own `slurm` table ask for instead, by the spec's stage id.
+    pub stage_resources: BTreeMap<String, SlurmSpec>,
     /// Cancel every queued and running task after the first failure.
     pub fail_fast: bool,
     /// The `runner` executable the tasks run (`exec STAGE_DIR`).
     pub exe: PathBuf,
     /// How often the queue is read.
     pub poll: Duration,
+}
+
+impl SlurmOptions {
+    /// The resources of the spec's stage `name`.
+    pub fn resources_for(&self, name: &str) -> &SlurmSpec {
+        self.stage_resources.get(name).unwrap_or(&self.resources)
+    }
+}
+
+/// `stages` grouped by the resources their tasks ask for, groups in order of first appearance:
+/// one array each (an array asks for one set of resources).
+fn by_resources<'a>(stages: &[String], resources_of: impl Fn(&str) -> &'a SlurmSpec) -> Vec<(&'a SlurmSpec, Vec<String>)> {
+    let mut groups: Vec<(&SlurmSpec, Vec<String>)> = Vec::new();
+    for id in stages {
+        let res = resources_of(id);
+        match groups.iter_mut().find(|(r, _)| *r == res) {
+            Some((_, ids)) => ids.push(id.clone()),
+            None => groups.push((res, vec![id.clone()])),
+        }
+    }
+    groups
 }
 
 /// `results/<experiment>/slurm/`: the sbatch scripts, the tasks' Slurm logs, `jobs.json` and
@@ -150,7 +173,10 @@ pub fn run_slurm(plan: &Plan, results: &ResultsDir, opts: &SlurmOptions, progres
             let ready: Vec<String> = pending.iter().filter(|id| deps(id).iter().all(|d| done.contains(d))).cloned().collect();
             if !ready.is_empty() {
                 pending.retain(|p| !ready.contains(p));
-                s.submit(&ready)?;
+                let name = |id: &str| by_id.get(id).map_or("", |st| st.config.name.as_str());
+                for (resources, stages) in by_resources(&ready, |id| opts.resources_for(name(id))) {
+                    s.submit(&stages, resources)?;
+                }
             }
         }
         if !s.tracked.is_empty() {
@@ -218,7 +244,7 @@ impl Schedule<'_> {
     }
 
     /// One array for `stages`: the script in `slurm/wave-<n>.sbatch`, then `sbatch`.
-    fn submit(&mut self, stages: &[String]) -> Result<(), SlurmError> {
+    fn submit(&mut self, stages: &[String], resources: &SlurmSpec) -> Result<(), SlurmError> {
         let wave = self.book.next_wave();
         let mut tasks = Vec::new();
         for id in stages {
@@ -239,7 +265,7 @@ impl Schedule<'_> {
                 exe: &self.opts.exe,
                 tasks: &tasks,
             },
-            &self.opts.resources,
+            resources,
         );
         let path = self.slurm_dir.join(format!("wave-{wave}.sbatch"));
         store::write_file(&path, text.as_bytes())?;
@@ -327,5 +353,26 @@ impl Schedule<'_> {
             self.progress.finished(&stage, StageState::Interrupted);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_with_their_own_resources_go_in_arrays_of_their_own() {
+        let opts = SlurmOptions {
+            resources: SlurmSpec { gpus: 1, ..Default::default() },
+            stage_resources: BTreeMap::from([("eval".to_string(), SlurmSpec { gpus: 0, ..Default::default() })]),
+            fail_fast: false,
+            exe: PathBuf::from("runner"),
+            poll: Duration::from_secs(1),
+        };
+        let ready: Vec<String> = ["attack-1", "eval-1", "attack-2", "eval-2"].map(String::from).to_vec();
+        let name = |id: &str| id.split('-').next().unwrap().to_string();
+        let groups = by_resources(&ready, |id| opts.resources_for(&name(id)));
+        let got: Vec<(u32, Vec<&str>)> = groups.iter().map(|(r, ids)| (r.gpus, ids.iter().map(String::as_str).collect())).collect();
+        assert_eq!(got, vec![(1, vec!["attack-1", "attack-2"]), (0, vec!["eval-1", "eval-2"])]);
     }
 }
