@@ -10,7 +10,9 @@ use std::process::Command;
 
 mod common;
 
-use common::{dataset_prompts as prompts, plan_spec as plan, stage_dataset as load};
+use common::{
+    dataset_prompts as prompts, plan_spec as plan, read_json as json, read_jsonl as jsonl, read_text as read, stage_dataset as load,
+};
 use runner::data::{self, DataSpec, Items};
 use runner::plan::PlannedStage;
 
@@ -54,31 +56,15 @@ fn the_cpu_spec_evaluates_on_prompts_no_stage_learns_from() {
     }
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    read(path).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&read(path)).unwrap()
-}
-
 /// The stage directories of stage `name`, with their parsed `stage.toml`.
 fn stage_dirs(results: &Path, name: &str) -> Vec<(PathBuf, toml::Table)> {
-    let mut v: Vec<(PathBuf, toml::Table)> = std::fs::read_dir(results.join("stages"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&format!("{name}-")))
+    common::stage_dirs(results, name)
+        .into_iter()
         .map(|p| {
             let t = read(&p.join("stage.toml")).parse().unwrap();
             (p, t)
         })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+        .collect()
 }
 
 #[test]

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{read_text as read, stage_dirs, stage_status as status};
+
 fn runner() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
     c.current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -19,24 +23,6 @@ fn run(args: &[&str]) -> Output {
     let out = runner().args(args).output().unwrap();
     eprintln!("runner {args:?}\nstdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     out
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn stage_dirs(results: &Path, name: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(results.join("stages"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{name}-")))
-        .collect();
-    v.sort();
-    v
-}
-
-fn status(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&read(&dir.join("status.json"))).unwrap()
 }
 
 fn summary(results: &Path) -> String {

@@ -7,25 +7,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+mod common;
 
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    read(path).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&read(path)).unwrap()
-}
+use common::{read_json as json, read_jsonl as jsonl, read_text as read};
 
 /// The one stage directory of stage `name`.
 fn stage_dir(results: &Path, name: &str) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(results.join("stages"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&format!("{name}-")))
-        .collect();
+    let dirs = common::stage_dirs(results, name);
     assert_eq!(dirs.len(), 1, "{name}: {dirs:?}");
     dirs.into_iter().next().unwrap()
 }

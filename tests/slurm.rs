@@ -9,6 +9,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{read_text as read, stage_dirs, stage_status as status};
+
 static CLUSTER: Mutex<()> = Mutex::new(());
 
 fn runner() -> Command {
@@ -60,24 +64,6 @@ fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
         return None;
     }
     Some(CLUSTER.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn status(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&read(&dir.join("status.json"))).unwrap()
-}
-
-fn stage_dirs(results: &Path, name: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(results.join("stages"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{name}-")))
-        .collect();
-    v.sort();
-    v
 }
 
 fn jobs(results: &Path) -> serde_json::Value {

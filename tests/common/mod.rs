@@ -1,9 +1,10 @@
-//! Helpers shared by the integration tests: fixture paths and comparisons with stated tolerances.
+//! Helpers shared by the integration tests: fixture paths, comparisons with stated tolerances,
+//! and reading a results directory's stage files.
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -13,9 +14,34 @@ pub fn tiny(name: &str) -> PathBuf {
     fixtures().join("tiny").join(name)
 }
 
-pub fn read_json(path: &std::path::Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&read_text(path)).unwrap()
+}
+
+/// A file's text, or a panic that names the file.
+pub fn read_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The records of a JSON-lines file.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    read_text(path).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The directories of stage `name` (`<name>-<hash>`) in a results directory, sorted.
+pub fn stage_dirs(results: &Path, name: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(results.join("stages"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{name}-")))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A stage directory's `status.json`.
+pub fn stage_status(dir: &Path) -> Value {
+    read_json(&dir.join("status.json"))
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
