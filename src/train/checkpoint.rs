@@ -32,9 +32,8 @@ pub struct SavedState {
     /// What the checkpoint belongs to (steps, trainer settings, parameter names and shapes); a
     /// checkpoint of anything else is not used.
     pub fingerprint: String,
-    /// Optimizer steps done.
-    pub step: usize,
-    /// The step log up to `step` (its floats as bit patterns: see [`exact_logs`]).
+    /// The log of every step done (one entry per optimizer step: its length is the step to
+    /// resume at; floats as bit patterns, see [`exact_logs`]).
     #[serde(with = "exact_logs")]
     pub logs: Vec<StepLog>,
     /// The dropout generator's word position (a u128, as text).

@@ -219,12 +219,13 @@ fn train_loop<B: Batch>(
     if let Some(c) = ckpt {
         if let Some((at, saved)) = checkpoint::find(&c.dir, &fingerprint)? {
             checkpoint::restore(&at, &params, &mut opt)?;
-            for replayed in 0..saved.step {
+            let done = saved.logs.len();
+            for replayed in 0..done {
                 if source.next_step().is_none() {
                     return Err(ModelError::Input(format!(
                         "{}: the checkpoint is at step {}, but the data ends after {replayed} steps",
                         at.display(),
-                        saved.step
+                        done
                     )));
                 }
             }
@@ -237,8 +238,8 @@ fn train_loop<B: Batch>(
             for log in &saved.logs {
                 on_step(log);
             }
-            tracing::info!(step = saved.step, total, "resumed from the step checkpoint");
-            step = saved.step;
+            tracing::info!(step = done, total, "resumed from the step checkpoint");
+            step = done;
             logs = saved.logs;
         }
     }
@@ -268,7 +269,6 @@ fn train_loop<B: Batch>(
             if step < total && (stop || c.every.is_some_and(|every| saved_at.elapsed() >= every)) {
                 let state = SavedState {
                     fingerprint: fingerprint.clone(),
-                    step,
                     logs: logs.clone(),
                     dropout_word_pos: dropout_rng.borrow().get_word_pos().to_string(),
                     rule: rule.state().unwrap_or_default(),
