@@ -14,7 +14,7 @@ use super::strategy::{Outcome, Strategy, StrategySpec, Turn};
 use crate::data::{Dataset, Instruction, Items, Template};
 use crate::model::chat::{ChatFormat, Conversation, NamedTemplate};
 use crate::model::generate::FinishReason;
-use crate::model::{generate, GenerationConfig, LoadedModel, ModelError, Result};
+use crate::model::{generate, GenerationConfig, LoadedModel, ModelError, NgramFrequencyPenalty, Result};
 
 /// How a prompt reaches the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,6 +132,8 @@ pub struct GenOptions {
     pub repetition_penalty: f32,
     /// transformers' `no_repeat_ngram_size`; 0 disables it.
     pub no_repeat_ngram_size: usize,
+    /// Dromedary's n-gram frequency penalties (`TextTokenizer::word_start_ids` gives its eligible tokens).
+    pub ngram_frequency: Option<NgramFrequencyPenalty>,
     /// Encode prompts with the tokenizer's special tokens (e.g. its BOS).
     pub add_special_tokens: bool,
     /// Trim whitespace around the returned text.
@@ -152,6 +154,7 @@ impl GenOptions {
             logit_bias: HashMap::new(),
             repetition_penalty: 1.0,
             no_repeat_ngram_size: 0,
+            ngram_frequency: None,
             add_special_tokens: true,
             trim: true,
         }
@@ -169,6 +172,7 @@ impl GenOptions {
             logit_bias: self.logit_bias.clone(),
             repetition_penalty: self.repetition_penalty,
             no_repeat_ngram_size: self.no_repeat_ngram_size,
+            ngram_frequency: self.ngram_frequency.clone(),
         }
     }
 }

@@ -19,6 +19,8 @@
 //! | generate | self_instruct | `self_instruct.rs` (SELF-ALIGN stage 1: Self-Instruct with the official filters) |
 //! | generate | tgrt_topics | `tgrt_topics.rs` (SELF-ALIGN stage 1: red-teaming topics per adversarial type) |
 //! | generate | tgrt_questions | `tgrt_questions.rs` (SELF-ALIGN stage 1: questions from (type, topic) hints) |
+//! | generate | verbose_clone | `verbose_clone.rs` (SELF-ALIGN stage 4: the verbose teacher's answers, filtered) |
+//! | train | engrave | `engrave.rs` (SELF-ALIGN stages 3 and 4: principle engraving, the verbose-cloned student) |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
 //! Adding a method: a new file with a unit struct implementing [`TypedMethod`] (its parameters
@@ -29,6 +31,7 @@ pub mod booster;
 pub mod classifier;
 pub mod coh;
 pub mod dpo;
+pub mod engrave;
 pub mod evaluate;
 pub mod filter;
 pub mod lisa;
@@ -42,6 +45,7 @@ pub mod tgrt_questions;
 pub mod tgrt_topics;
 pub mod unlearn;
 pub mod vaccine;
+pub mod verbose_clone;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -137,6 +141,8 @@ pub static METHODS: &[&dyn Method] = &[
     &self_instruct::SelfInstruct,
     &tgrt_topics::TgrtTopics,
     &tgrt_questions::TgrtQuestions,
+    &engrave::Engrave,
+    &verbose_clone::VerboseClone,
     &evaluate::Evaluate,
 ];
 

@@ -79,6 +79,14 @@ pub struct OptimizerParams {
     /// Share of the steps spent warming up, in [0, 1].
     #[serde(default)]
     pub warmup_ratio: f64,
+    /// A fixed number of warmup steps (DeepSpeed's `warmup_num_steps`), instead of `warmup_ratio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<usize>,
+    /// The schedule spans this many times the run's steps: Dromedary's DeepSpeed
+    /// `total_num_steps` is the steps times the number of processes (48 GPUs), so its linear
+    /// decay ends near the full learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_steps_multiplier: Option<usize>,
     #[serde(default)]
     pub weight_decay: f64,
     /// Global-norm clipping (transformers' default 1.0); 0 disables it.
@@ -128,8 +136,14 @@ impl OptimizerParams {
             }
         }
         check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)?;
+        if self.warmup_steps.is_some() && self.warmup_ratio > 0.0 {
+            return Err(ParamError::new("warmup_steps", "give either `warmup_steps` or `warmup_ratio`, not both"));
+        }
         check_range("weight_decay", self.weight_decay, 0.0, f64::INFINITY)?;
         check_range("max_grad_norm", self.max_grad_norm, 0.0, f64::INFINITY)?;
+        if self.schedule_steps_multiplier == Some(0) {
+            return Err(ParamError::new("schedule_steps_multiplier", "must be at least 1"));
+        }
         if self.max_steps == Some(0) {
             return Err(ParamError::new("max_steps", "must be at least 1"));
         }
@@ -147,6 +161,8 @@ impl OptimizerParams {
             lr: self.lr,
             schedule: self.schedule,
             warmup_ratio: self.warmup_ratio,
+            warmup_steps: self.warmup_steps,
+            schedule_steps_multiplier: self.schedule_steps_multiplier,
             weight_decay: self.weight_decay,
             max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
             max_steps: self.max_steps,

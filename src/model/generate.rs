@@ -1,5 +1,6 @@
 //! Batched generation with a KV cache: greedy or temperature/top-p sampling, stop tokens and
-//! strings, logit bias, repetition and n-gram penalties (transformers' semantics).
+//! strings, logit bias, repetition and n-gram penalties (transformers' semantics), and
+//! Dromedary's n-gram frequency penalties.
 
 use candle_core::{IndexOp, Tensor};
 use rand::rngs::StdRng;
@@ -32,6 +33,61 @@ pub struct GenerationConfig {
     pub repetition_penalty: f32,
     /// transformers' `no_repeat_ngram_size`; 0 disables it.
     pub no_repeat_ngram_size: usize,
+    /// Dromedary's n-gram frequency penalties (verbose cloning); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ngram_frequency: Option<NgramFrequencyPenalty>,
+}
+
+/// llama_dromedary's `unitoken/bitoken/tritoken/quadtoken_frequency_penalty` (`generation.py`,
+/// Dromedary v1): for n = 1..4 with penalty `c_n > 0`, a candidate token `t` loses
+/// `c_n * count(prefix + t)`, where `prefix` is the last n - 1 tokens and `count` how often that
+/// n-gram was generated so far. Only generated tokens count, and (a quirk of the official loop's
+/// position test) an n-gram is counted, and a penalty applied, only from the second generated
+/// token on: the n-gram must start after the first generated token. Only `eligible` tokens are
+/// penalized (the official `frequency_penalty_starts_only`: word-start pieces with an id above
+/// 1024); `None` penalizes every token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NgramFrequencyPenalty {
+    /// Penalties of unigrams, bigrams, trigrams and 4-grams.
+    pub penalties: [f32; 4],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eligible: Option<HashSet<u32>>,
+}
+
+/// The generated n-grams of one row, by length, prefix and last token.
+#[derive(Debug, Default)]
+struct NgramCounts([HashMap<Vec<u32>, HashMap<u32, u32>>; 4]);
+
+impl NgramCounts {
+    /// Subtracts the penalties from `row`; `generated` holds the row's generated tokens so far.
+    fn penalize(&self, row: &mut [f32], generated: &[u32], cfg: &NgramFrequencyPenalty) {
+        let j = generated.len();
+        for (h, &c) in cfg.penalties.iter().enumerate() {
+            if c <= 0.0 || j <= h {
+                continue;
+            }
+            let Some(next) = self.0[h].get(&generated[j - h..]) else { continue };
+            for (&tok, &count) in next {
+                if cfg.eligible.as_ref().is_none_or(|e| e.contains(&tok)) {
+                    if let Some(l) = row.get_mut(tok as usize) {
+                        *l -= c * count as f32;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts the n-grams that end at the last generated token.
+    fn record(&mut self, generated: &[u32], cfg: &NgramFrequencyPenalty) {
+        let Some((&last, before)) = generated.split_last() else { return };
+        let j = before.len();
+        for (h, &c) in cfg.penalties.iter().enumerate() {
+            if c > 0.0 && j > h {
+                *self.0[h].entry(before[j - h..].to_vec()).or_default().entry(last).or_default() += 1;
+            }
+        }
+    }
 }
 
 impl Default for GenerationConfig {
@@ -46,6 +102,7 @@ impl Default for GenerationConfig {
             logit_bias: HashMap::new(),
             repetition_penalty: 1.0,
             no_repeat_ngram_size: 0,
+            ngram_frequency: None,
         }
     }
 }
@@ -91,6 +148,7 @@ pub fn generate(
     let mut finish: Vec<Option<FinishReason>> = vec![None; bsz];
     let mut texts: Vec<Option<String>> = vec![None; bsz];
     let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+    let mut ngrams: Vec<NgramCounts> = (0..bsz).map(|_| NgramCounts::default()).collect();
 
     let width = batch.ids.dim(1)?;
     let hidden = model.forward_hidden(&batch.ids, &batch.positions, &batch.valid, Some(&mut cache), &opts)?;
@@ -105,8 +163,14 @@ pub fn generate(
                 continue;
             }
             process_logits(&mut row, &history[b], cfg);
+            if let Some(freq) = &cfg.ngram_frequency {
+                ngrams[b].penalize(&mut row, &history[b][prompts[b].len()..], freq);
+            }
             let tok = if cfg.temperature > 0.0 { sample(&row, cfg.temperature, cfg.top_p, &mut rng) } else { argmax(&row) };
             history[b].push(tok);
+            if let Some(freq) = &cfg.ngram_frequency {
+                ngrams[b].record(&history[b][prompts[b].len()..], freq);
+            }
             step_ids.push(tok);
             if cfg.stop_token_ids.contains(&tok) {
                 finish[b] = Some(FinishReason::StopToken);
@@ -224,6 +288,43 @@ mod tests {
         assert_eq!(banned_ngram_tokens(&[1, 2, 3, 1, 2], 3), vec![3]);
         assert_eq!(banned_ngram_tokens(&[1, 2, 3], 0), Vec::<u32>::new());
         assert_eq!(banned_ngram_tokens(&[7, 7], 2), vec![7]);
+    }
+
+    /// Counts a generated sequence token by token, as the generation loop does, then penalizes
+    /// the next position.
+    fn penalized(generated: &[u32], cfg: &NgramFrequencyPenalty) -> Vec<f32> {
+        let mut counts = NgramCounts::default();
+        for j in 1..=generated.len() {
+            counts.record(&generated[..j], cfg);
+        }
+        let mut row = vec![0.0; 10];
+        counts.penalize(&mut row, generated, cfg);
+        row
+    }
+
+    /// Hand-computed from llama_dromedary's loop with Dromedary's verbose-cloning penalties
+    /// (trigram 1, 4-gram 2).
+    #[test]
+    fn dromedary_frequency_penalties_count_generated_ngrams() {
+        let cfg = NgramFrequencyPenalty { penalties: [0.0, 0.0, 1.0, 2.0], eligible: None };
+        // Trigrams counted: (1,2,3) (2,3,1) (3,1,2); the prefix (1,2) was followed by 3 once.
+        let mut want = vec![0.0; 10];
+        want[3] = -1.0;
+        assert_eq!(penalized(&[5, 1, 2, 3, 1, 2], &cfg), want);
+        // The same n-gram starting at the first generated token is not counted (official quirk).
+        assert_eq!(penalized(&[1, 2, 3, 1, 2], &cfg), vec![0.0; 10]);
+        // (1,2,3,4) once as a 4-gram (-2) and (2,3,4) once as a trigram (-1).
+        want[3] = 0.0;
+        want[4] = -3.0;
+        assert_eq!(penalized(&[9, 1, 2, 3, 4, 1, 2, 3], &cfg), want);
+        // Unigrams count every generated token after the first.
+        let uni = NgramFrequencyPenalty { penalties: [0.5, 0.0, 0.0, 0.0], eligible: None };
+        let row = penalized(&[7, 7, 7, 2], &uni);
+        assert_eq!((row[7], row[2]), (-1.0, -0.5));
+        // Tokens outside the eligible set keep their logits.
+        let starts = NgramFrequencyPenalty { eligible: Some(HashSet::from([2])), ..uni };
+        let row = penalized(&[7, 7, 7, 2], &starts);
+        assert_eq!((row[7], row[2]), (0.0, -0.5));
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use classify::{load_classifier, ClassifierHead, HeadConfig, Pooling, Problem
 pub use config::{Architecture, ModelConfig};
 pub use decoder::CausalLm;
 pub use error::{ModelError, Result};
-pub use generate::{generate, Generated, GenerationConfig};
+pub use generate::{generate, Generated, GenerationConfig, NgramFrequencyPenalty};
 pub use layers::{Adapters, DropoutRng, ForwardOptions, HiddenHook, HookPoint};
 pub use lora::{add_lora, load_adapter, save_adapter, LoraConfig};
 pub use score::{score_continuations, ContinuationScore};

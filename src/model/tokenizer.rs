@@ -66,6 +66,19 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Ids above `above` whose piece begins a word: starts with the word-boundary marker
+    /// (SentencePiece's `▁`, byte-level BPE's `Ġ`) and is not only markers at both ends. This is
+    /// llama_dromedary's `get_frequency_penalty_set` (`IdToPiece(i).startswith("▁") and not
+    /// endswith("▁")`, ids above `frequency_penalty_min_range`) for either tokenizer family.
+    pub fn word_start_ids(&self, above: u32) -> std::collections::HashSet<u32> {
+        self.inner
+            .get_vocab(false)
+            .into_iter()
+            .filter(|(piece, id)| *id > above && ['▁', 'Ġ'].iter().any(|&m| piece.starts_with(m) && !piece.ends_with(m)))
+            .map(|(_, id)| id)
+            .collect()
+    }
+
     /// The contents of every special added token (control tokens such as `<|im_end|>`).
     pub fn special_tokens(&self) -> Vec<String> {
         let mut v: Vec<String> = self.inner.get_added_tokens_decoder().into_values().filter(|t| t.special).map(|t| t.content).collect();

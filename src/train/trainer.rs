@@ -24,6 +24,13 @@ pub struct TrainerConfig {
     pub lr: f64,
     pub schedule: ScheduleKind,
     pub warmup_ratio: f64,
+    /// A fixed number of warmup steps, instead of `warmup_ratio` of the total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<usize>,
+    /// The schedule runs over this many times the run's steps (DeepSpeed's `total_num_steps` as
+    /// Dromedary's finetune.py sets it: steps × processes), so its decay stops short of 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_steps_multiplier: Option<usize>,
     pub weight_decay: f64,
     /// transformers' default is 1.0; `None` disables clipping.
     pub max_grad_norm: Option<f64>,
@@ -41,6 +48,8 @@ impl Default for TrainerConfig {
             lr: 1e-4,
             schedule: ScheduleKind::Constant,
             warmup_ratio: 0.0,
+            warmup_steps: None,
+            schedule_steps_multiplier: None,
             weight_decay: 0.0,
             max_grad_norm: Some(1.0),
             max_steps: None,
@@ -200,8 +209,8 @@ fn train_loop<B: Batch>(
     let schedule = LrSchedule {
         kind: cfg.schedule,
         base_lr: cfg.lr,
-        warmup_steps: (cfg.warmup_ratio * total as f64).ceil() as usize,
-        total_steps: total,
+        warmup_steps: cfg.warmup_steps.unwrap_or((cfg.warmup_ratio * total as f64).ceil() as usize),
+        total_steps: total * cfg.schedule_steps_multiplier.unwrap_or(1),
     };
     let mut opt = AdamW::new(&params, AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })?;
     let dropout_rng = RefCell::new(DropoutRng::seed_from_u64(cfg.seed.wrapping_add(1)));
