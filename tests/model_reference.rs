@@ -10,7 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use runner::model::layers::RecordingHook;
 use runner::model::{
-    self, generate, load_adapter, score_continuations, ForwardOptions, GenerationConfig, HookPoint, LoadOptions, PaddedBatch, Padding,
+    self, generate, load_adapter, score_continuations, score_continuations_shared_prefix, ForwardOptions, GenerationConfig, HookPoint,
+    LoadOptions, PaddedBatch, Padding,
 };
 use runner::train::{lm_loss, AdamW, AdamWConfig, Gradients, TrainBatch};
 use serde_json::Value;
@@ -131,6 +132,29 @@ fn continuation_scores_match_and_do_not_depend_on_batch_size() {
             let alone = score_continuations(&lm.model, std::slice::from_ref(req), 1, 0).unwrap();
             assert_rel(together[i].logprob, alone[0].logprob, 1e-6, &format!("{name}: shared input, request {i}"));
             assert_eq!((together[i].is_greedy, together[i].num_tokens), (alone[0].is_greedy, alone[0].num_tokens));
+        }
+    }
+}
+
+/// Contexts that share a long prefix (a meta prompt) score the same with the prefix's keys and
+/// values computed once and copied into each batch, for every architecture.
+#[test]
+fn shared_prefix_scores_equal_plain_scores() {
+    for name in MODELS {
+        let lm = load(name, false);
+        let r = reference(name);
+        let items = r["continuations"].as_array().unwrap();
+        let meta: Vec<u32> = (0..20).map(|i| 3 + (i * 7) % 50).collect();
+        let requests: Vec<(Vec<u32>, Vec<u32>)> = items
+            .iter()
+            .map(|c| ([meta.clone(), ids(&c["context"])].concat(), ids(&c["continuation"])))
+            .chain([(meta[..17].to_vec(), vec![5, 9])]) // a context that is all prefix but one token
+            .collect();
+        let plain = score_continuations(&lm.model, &requests, 3, 0).unwrap();
+        let cached = score_continuations_shared_prefix(&lm.model, &requests, 3, 0).unwrap();
+        for (i, (p, c)) in plain.iter().zip(&cached).enumerate() {
+            assert_rel(c.logprob, p.logprob, 1e-5, &format!("{name}: shared prefix, request {i}"));
+            assert_eq!((c.is_greedy, c.num_tokens), (p.is_greedy, p.num_tokens), "{name}: request {i}");
         }
     }
 }

@@ -25,6 +25,24 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// A cache of `batch` rows, each a copy of this cache's first row (a shared prefix).
+    pub fn repeat(&self, batch: usize) -> candle_core::Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|(k, v)| {
+                        let copies = |t: &Tensor| t.narrow(0, 0, 1)?.repeat((batch, 1, 1, 1));
+                        Ok((copies(k)?, copies(v)?))
+                    })
+                    .transpose()
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let row = self.valid.first().cloned().unwrap_or_default();
+        Ok(Self { layers, valid: vec![row; batch] })
+    }
+
     /// Appends keys/values `[B, KV, T, D]` for layer `i`; returns the full keys and values.
     pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (k, v) = match self.layers[i].take() {

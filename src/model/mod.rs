@@ -28,7 +28,7 @@ pub use error::{ModelError, Result};
 pub use generate::{generate, Generated, GenerationConfig, NgramFrequencyPenalty};
 pub use layers::{Adapters, DropoutRng, ForwardOptions, HiddenHook, HookPoint};
 pub use lora::{add_lora, load_adapter, save_adapter, LoraConfig};
-pub use score::{score_continuations, ContinuationScore};
+pub use score::{score_continuations, score_continuations_shared_prefix, ContinuationScore};
 pub use tokenizer::TextTokenizer;
 
 use candle_core::{DType, Device};
