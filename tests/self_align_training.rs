@@ -87,6 +87,20 @@ fn engraving_and_verbose_cloning_run_end_to_end() {
     assert_eq!(rows, (0..dataset.len()).collect::<Vec<_>>());
 }
 
+/// The teacher answers with the engraved model; the student starts again from the base model
+/// (`from_base`), and nothing before it is its parent.
+#[test]
+fn the_student_starts_from_the_base_model() {
+    let plan = common::plan_spec("tests/specs/tiny_self_align_training.toml");
+    let stage = |name: &str| plan.stages.iter().find(|s| s.config.name == name).unwrap();
+    let engrave = stage("engrave");
+    assert_eq!(engrave.config.parent, None);
+    assert_eq!(stage("teacher").config.parent.as_deref(), Some(engrave.id.as_str()));
+    let student = stage("student");
+    assert_eq!(student.config.parent, None);
+    assert!(!student.depends_on.contains(&engrave.id), "{:?}", student.depends_on);
+}
+
 /// finetune.py's masking on a real tokenizer: labels start after `tokenize(prompt.rstrip())`,
 /// so the newline after `### Dromedary` is learned; no end-of-sequence token is added.
 #[test]

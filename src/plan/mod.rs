@@ -345,7 +345,7 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
                 model_identity: model_identity.clone(),
                 data,
                 data_identity,
-                parent: parent.clone(),
+                parent: if st.from_base { None } else { parent.clone() },
                 inputs,
             };
             let id = config.id();
@@ -353,7 +353,7 @@ pub fn build_from_runs(loaded: &LoadedSpec, runs: &[RunSpec], ctx: &dyn PlanCont
             match stages.iter_mut().find(|p| p.id == id) {
                 Some(existing) => existing.runs.push(run_key),
                 None => {
-                    let mut depends_on: Vec<String> = parent.iter().cloned().collect();
+                    let mut depends_on: Vec<String> = config.parent.iter().cloned().collect();
                     depends_on.extend(config.inputs.values().cloned());
                     stages.push(PlannedStage { id: id.clone(), config, depends_on, runs: vec![run_key] });
                 }

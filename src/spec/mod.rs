@@ -125,6 +125,11 @@ pub struct StageSpec {
     /// the base model) is then one stage shared by all of them, computed once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Start from the spec's model instead of the model the earlier train stages made (verbose
+    /// cloning's student learns the teacher's answers on a new adapter of the base model, while
+    /// the teacher is the engraved model). Later stages continue from this stage's model.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_base: bool,
     /// Slurm resources of this stage: keys of `[slurm]` that replace the spec table's
     /// ([`SlurmSpec::for_stage`]). Not part of the stage's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -378,11 +383,21 @@ mod tests {
     }
 
     #[test]
+    fn from_base_is_a_stage_key_not_a_method_parameter() {
+        let (_d, p) = write(&format!("{BASE}from_base = true\n"));
+        let l = load_with_env(&p, &[], Vec::new()).unwrap();
+        assert!(l.spec.stage[0].from_base && !l.spec.stage[0].params.contains_key("from_base"));
+        let (_d, p) = write(&format!("{BASE}from_base = \"yes\"\n"));
+        assert!(load_with_env(&p, &[], Vec::new()).is_err());
+    }
+
+    #[test]
     fn a_stage_seed_is_its_own_key_and_must_be_a_natural_number() {
         let (_d, p) = write(&format!("{BASE}seed = 7\n"));
         let l = load_with_env(&p, &[], Vec::new()).unwrap();
         assert_eq!(l.spec.stage[0].seed, Some(7));
         assert!(!l.spec.stage[0].params.contains_key("seed"), "not a method parameter");
+
         let (_d, p) = write(&format!("{BASE}seed = -1\n"));
         let err = load_with_env(&p, &[], Vec::new()).unwrap_err().to_string();
         assert!(err.contains("stage.align") && err.contains(":11:1"), "{err}");
