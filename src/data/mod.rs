@@ -22,6 +22,7 @@ pub mod self_instruct;
 mod spec;
 mod template;
 pub mod tgrt;
+pub mod watson;
 
 use std::path::{Path, PathBuf};
 

@@ -19,6 +19,7 @@
 //! | generate | self_instruct | `self_instruct.rs` (SELF-ALIGN stage 1: Self-Instruct with the official filters) |
 //! | generate | tgrt_topics | `tgrt_topics.rs` (SELF-ALIGN stage 1: red-teaming topics per adversarial type) |
 //! | generate | tgrt_questions | `tgrt_questions.rs` (SELF-ALIGN stage 1: questions from (type, topic) hints) |
+//! | generate | principle_align | `principle_align.rs` (SELF-ALIGN stage 2: Watson-prompted answers, the official filters, the identity conversations) |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
 //! Adding a method: a new file with a unit struct implementing [`TypedMethod`] (its parameters
@@ -33,6 +34,7 @@ pub mod evaluate;
 pub mod filter;
 pub mod lisa;
 pub mod params;
+pub mod principle_align;
 pub mod repnoise;
 pub mod respond;
 pub mod review;
@@ -137,6 +139,7 @@ pub static METHODS: &[&dyn Method] = &[
     &self_instruct::SelfInstruct,
     &tgrt_topics::TgrtTopics,
     &tgrt_questions::TgrtQuestions,
+    &principle_align::PrincipleAlign,
     &evaluate::Evaluate,
 ];
 
