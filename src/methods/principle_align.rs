@@ -5,7 +5,9 @@
 //! tokens, a -100 logit bias on the token of "Sorry", no stop string: the end-of-text token or
 //! the limit ends it); each generation goes through the merge step's filters
 //! (`data::watson::filter_generation`), the 910 identity conversations are added and the whole
-//! shuffled, as `merge_and_fileter_self_align_with_dummy.py` does.
+//! shuffled, as `merge_and_fileter_self_align_with_dummy.py` does. (The official generator cuts
+//! a prompt of more than 1,984 tokens, its 2,048-token window less 64, at its last newline until
+//! it fits; here every prompt goes whole, the model's context permitting.)
 //!
 //! Writes the (instruction, input, output) records as an instruction dataset, what each filter
 //! dropped in the metrics (`dropped_<filter>`) and `filter.json`, and per query in
@@ -222,9 +224,8 @@ impl Merge {
         for r in &mut self.records {
             r.record = r.record.map(|old| position[old]);
         }
-        let mut items = Items::Instructions(self.kept);
-        items.select(&order);
-        let Items::Instructions(records) = items else { unreachable!("selecting keeps the item kind") };
+        let mut slots: Vec<Option<Instruction>> = self.kept.into_iter().map(Some).collect();
+        let records = order.iter().filter_map(|&old| slots[old].take()).collect();
         (records, self.records, answers)
     }
 }
