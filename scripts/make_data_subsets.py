@@ -149,6 +149,8 @@ def main():
     copy(src, dst, "dromedary/self_instruct_seed_tasks.jsonl")
     copy(src, dst, "dromedary/tgrt_self_instruct_seed_questions.jsonl", "dromedary/tgrt_seed_questions.jsonl")
     copy(src, dst, "dromedary/DATA_LICENSE")
+    # SELF-ALIGN stage 2: the 910 Vicuna identity conversations the merge step adds
+    copy(src, dst, "dromedary/vicuna_dummy_data.json")
 
 
 if __name__ == "__main__":

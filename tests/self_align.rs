@@ -1,6 +1,6 @@
-//! SELF-ALIGN (Dromedary v1) stage 1 through the binary on the tiny fixture: `self_instruct`,
-//! `tgrt_topics` and `tgrt_questions` write their records, manifests (who made them, with which
-//! prompt files) and per-filter counts. The random model writes garbage, so most generations are
+//! SELF-ALIGN (Dromedary v1) stages 1 and 2 through the binary on the tiny fixture:
+//! `self_instruct`, `tgrt_topics`, `tgrt_questions` and `principle_align` write their records,
+//! manifests (who made them, with which prompt files) and per-filter counts. The random model writes garbage, so most generations are
 //! dropped; the test checks that the counts agree with the raw generations and with each other.
 
 use std::collections::{BTreeMap, HashSet};
@@ -38,7 +38,7 @@ fn check_producer(dir: &Path, method: &str, components: &[&str]) {
 }
 
 #[test]
-fn stage_one_runs_end_to_end_with_consistent_counts() {
+fn stages_one_and_two_run_end_to_end_with_consistent_counts() {
     let tmp = tempfile::tempdir().unwrap();
     let r = tmp.path().join("results");
     let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/specs/tiny_self_align.toml");
@@ -181,4 +181,77 @@ fn stage_one_runs_end_to_end_with_consistent_counts() {
     );
     let stage: toml::Table = read(&dir.join("stage.toml")).parse().unwrap();
     assert_eq!(stage["inputs"]["topics"].as_str(), stage_dir(&r, "topics").file_name().unwrap().to_str());
+
+    // Principle-driven self-alignment: the instructions of the three datasets in order, the first
+    // 9 of them, answered in batches of 4; every query gets one verdict; the identity
+    // conversations join the kept answers, shuffled.
+    let instruct = jsonl(&stage_dir(&r, "instruct").join("dataset.jsonl"));
+    let dir = stage_dir(&r, "aligned");
+    let m = json(&dir.join("metrics.json"));
+    let queries = jsonl(&dir.join("outputs.jsonl"));
+    let aligned = jsonl(&dir.join("dataset.jsonl"));
+    let sources: Vec<(&str, usize)> = [("@instruct", instruct.len()), ("@questions", questions.len()), ("alpaca", 4)]
+        .into_iter()
+        .flat_map(|(name, n)| (0..n).map(move |i| (name, i)))
+        .collect();
+    assert_eq!(count(&m, "available"), sources.len());
+    assert_eq!(count(&m, "queries"), sources.len().min(9));
+    assert_eq!(queries.len(), count(&m, "queries"));
+    let drops = ["no_internal_thought", "no_watson_turn", "too_short", "blacklist", "sorry_start", "empty"];
+    let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, q) in queries.iter().enumerate() {
+        assert_eq!(q["query"], i);
+        assert_eq!((q["source"].as_str().unwrap(), q["source_index"].as_u64().unwrap() as usize), sources[i]);
+        let seed = q["sampling_seed"].as_u64().unwrap();
+        assert_eq!(seed, queries[0]["sampling_seed"].as_u64().unwrap() + (i / 4) as u64, "seed + batch index");
+        let verdict = q["verdict"].as_str().unwrap();
+        *verdicts.entry(verdict.to_string()).or_default() += 1;
+        let response = q["response"].as_str().unwrap();
+        let merged = response.strip_prefix(' ').unwrap_or(response);
+        assert_eq!(verdict == "no_internal_thought", !merged.starts_with("I am a helpful, ethical, and reliable assistant."), "{q}");
+        match q["record"].as_u64() {
+            Some(rec) => {
+                assert_eq!(verdict, "kept");
+                let rec = &aligned[rec as usize];
+                assert!(!rec["output"].as_str().unwrap().is_empty() && !rec["output"].as_str().unwrap().contains("Watson"));
+            }
+            None => assert!(drops.contains(&verdict), "{verdict}"),
+        }
+    }
+    for d in drops {
+        assert_eq!(verdicts.get(d).copied().unwrap_or(0), count(&m, &format!("dropped_{d}")), "{d}");
+    }
+    let kept = count(&m, "kept");
+    assert_eq!(verdicts.get("kept").copied().unwrap_or(0), kept);
+    assert_eq!(kept + drops.iter().map(|d| count(&m, &format!("dropped_{d}"))).sum::<usize>(), queries.len());
+    assert_eq!(count(&m, "dummies"), 910);
+    assert_eq!(count(&m, "records"), kept + 910);
+    assert_eq!(aligned.len(), kept + 910);
+    let report = json(&dir.join("filter.json"));
+    assert_eq!((report["input"].as_u64(), report["kept"].as_u64()), (Some(queries.len() as u64), Some(kept as u64)));
+    // The identity conversations: every first question is there, renamed, in shuffled order.
+    let dummy: Vec<serde_json::Value> =
+        serde_json::from_str(&read(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/dromedary/vicuna_dummy_data.json")))).unwrap();
+    let mut questions_asked: Vec<&str> = dummy.iter().map(|d| d["conversations"][0]["value"].as_str().unwrap()).collect();
+    let in_order: Vec<&str> = aligned.iter().map(|x| x["instruction"].as_str().unwrap()).collect();
+    assert_ne!(in_order.iter().filter(|x| questions_asked.contains(x)).copied().collect::<Vec<_>>(), questions_asked);
+    let mut dummies_found: Vec<&str> = aligned
+        .iter()
+        .filter(|x| x["output"].as_str().unwrap().contains("Self-Align team"))
+        .map(|x| x["instruction"].as_str().unwrap())
+        .collect();
+    questions_asked.sort_unstable();
+    dummies_found.sort_unstable();
+    assert_eq!(dummies_found, questions_asked);
+    assert!(aligned.iter().all(|x| x["input"] == "" || kept > 0));
+    assert!(aligned.iter().all(|x| !x["output"].as_str().unwrap().contains("Vicuna") && !x["output"].as_str().unwrap().contains("LMSYS")));
+    check_producer(
+        &dir,
+        "principle_align",
+        &["prompt:data/templates/dromedary_watson_self_align_prompt.txt", "dummy:data/dromedary/vicuna_dummy_data.json"],
+    );
+    let stage: toml::Table = read(&dir.join("stage.toml")).parse().unwrap();
+    for input in ["instruct", "questions"] {
+        assert_eq!(stage["inputs"][input].as_str(), stage_dir(&r, input).file_name().unwrap().to_str(), "{input}");
+    }
 }

@@ -58,16 +58,16 @@ fn engraving_and_verbose_cloning_run_end_to_end() {
     let m = json(&teacher.join("metrics.json"));
     let records = jsonl(&teacher.join("outputs.jsonl"));
     let dataset = jsonl(&teacher.join("dataset.jsonl"));
-    assert_eq!(records.len(), 6);
-    assert_eq!(m["queries"], 6.0);
+    assert_eq!(records.len(), 8);
+    assert_eq!(m["queries"], 8.0);
     assert_eq!(m["kept"].as_f64().unwrap() as usize, dataset.len());
     let dropped: f64 = ["zhiqing", "too_short", "bad_example"].iter().map(|k| m[format!("dropped_{k}")].as_f64().unwrap()).sum();
     assert_eq!(dropped as usize + dataset.len(), records.len());
     let filter = json(&teacher.join("filter.json"));
-    assert_eq!(filter["input"], 6);
+    assert_eq!(filter["input"], 8);
     let mut rows: Vec<usize> = Vec::new();
     for rec in &records {
-        assert!(rec["source"] == "queries");
+        assert!(rec["source"] == "queries" || rec["source"] == "data/dromedary/vicuna_dummy_data.json", "{rec}");
         assert!(rec["response"].is_string());
         match rec["verdict"].as_str().unwrap() {
             "kept" => {
@@ -83,6 +83,8 @@ fn engraving_and_verbose_cloning_run_end_to_end() {
         // Batches of 4 sample with the stage seed plus the batch index.
         assert_eq!(rec["sampling_seed"].as_u64().unwrap(), rec["query"].as_u64().unwrap() / 4);
     }
+    let identity = records.iter().filter(|r| r["source"] == "data/dromedary/vicuna_dummy_data.json").count();
+    assert_eq!(identity, 2);
     rows.sort_unstable();
     assert_eq!(rows, (0..dataset.len()).collect::<Vec<_>>());
 }

@@ -23,6 +23,7 @@ mod spec;
 mod template;
 pub mod tgrt;
 pub mod verbose_clone;
+pub mod watson;
 
 use std::path::{Path, PathBuf};
 

@@ -23,6 +23,7 @@
 use serde::Serialize;
 
 use super::records::Instruction;
+use super::watson::dedup_after;
 use crate::eval::multiple_choice::py_strip;
 
 /// IBM/Dromedary `prompts/verbose_dromedary_prompt.txt` (@39a2b1c), verbatim.
@@ -73,32 +74,6 @@ impl Drop {
     }
 }
 
-/// `dedup(line_output)`: the text up to the first repeated piece, stripped.
-pub fn dedup(text: &str, splitters: &str) -> String {
-    let mut pieces: Vec<&str> = Vec::new();
-    let mut start = 0;
-    for (i, c) in text.char_indices() {
-        if splitters.contains(c) {
-            let end = i + c.len_utf8();
-            pieces.push(&text[start..end]);
-            start = end;
-        }
-    }
-    pieces.push(&text[start..]);
-    let mut kept: Vec<&str> = Vec::new();
-    for piece in pieces {
-        // Python's `piece in '\n.?!;:,`'`: the empty string and any substring of the splitters;
-        // a piece ends at its first splitter, so only single splitters qualify.
-        let splitter = piece.is_empty() || (piece.chars().count() == 1 && splitters.contains(piece));
-        if splitter || !kept.contains(&piece) {
-            kept.push(piece);
-        } else {
-            break;
-        }
-    }
-    py_strip(&kept.concat()).to_string()
-}
-
 /// The filter of one answer to `item` (rules 1 to 6): the text the student learns, or why not.
 pub fn filter_answer(item: &Instruction, answer: &str) -> Result<String, Drop> {
     let answer = py_strip(answer);
@@ -106,7 +81,7 @@ pub fn filter_answer(item: &Instruction, answer: &str) -> Result<String, Drop> {
         Some(i) => format!("{}\n\n{END_OF_TURN}", py_strip(&answer[..i])),
         None => answer.rsplit_once(' ').map_or(answer, |(head, _)| head).to_string(),
     };
-    let mut text = dedup(&text, SPLITTERS);
+    let mut text = dedup_after(&text, SPLITTERS);
     if item.instruction.contains("Zhiqing") || item.input.contains("Zhiqing") {
         text = ZHIQING_ANSWER.to_string();
     }
@@ -150,14 +125,14 @@ mod tests {
     /// Python's `re.split(r'(?<=[\n.?!;:,`])', s)` then the loop, worked by hand.
     #[test]
     fn dedup_cuts_at_the_first_repeated_piece() {
-        assert_eq!(dedup("A cat. A dog. A cat. A dog. More.", SPLITTERS), "A cat. A dog. A cat.");
+        assert_eq!(dedup_after("A cat. A dog. A cat. A dog. More.", SPLITTERS), "A cat. A dog. A cat.");
         // Repeated newlines and punctuation are never a repeat; the strip removes the end.
-        assert_eq!(dedup("One.\n\nTwo.\n\n### User\n", SPLITTERS), "One.\n\nTwo.\n\n### User");
+        assert_eq!(dedup_after("One.\n\nTwo.\n\n### User\n", SPLITTERS), "One.\n\nTwo.\n\n### User");
         // The backtick splits here (not in the self-align merge).
-        assert_eq!(dedup("`x` and `x` and", SPLITTERS), "`x` and `");
-        assert_eq!(dedup("`x` and `x` and", "\n.?!;:,"), "`x` and `x` and");
+        assert_eq!(dedup_after("`x` and `x` and", SPLITTERS), "`x` and `");
+        assert_eq!(dedup_after("`x` and `x` and", "\n.?!;:,"), "`x` and `x` and");
         // " A cat." differs from "A cat." (the leading space), as in Python.
-        assert_eq!(dedup("A cat. A cat.", SPLITTERS), "A cat. A cat.");
+        assert_eq!(dedup_after("A cat. A cat.", SPLITTERS), "A cat. A cat.");
     }
 
     #[test]

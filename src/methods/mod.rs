@@ -19,8 +19,9 @@
 //! | generate | self_instruct | `self_instruct.rs` (SELF-ALIGN stage 1: Self-Instruct with the official filters) |
 //! | generate | tgrt_topics | `tgrt_topics.rs` (SELF-ALIGN stage 1: red-teaming topics per adversarial type) |
 //! | generate | tgrt_questions | `tgrt_questions.rs` (SELF-ALIGN stage 1: questions from (type, topic) hints) |
-//! | generate | verbose_clone | `verbose_clone.rs` (SELF-ALIGN stage 4: the verbose teacher's answers, filtered) |
+//! | generate | principle_align | `principle_align.rs` (SELF-ALIGN stage 2: Watson-prompted answers, the official filters, the identity conversations) |
 //! | train | engrave | `engrave.rs` (SELF-ALIGN stages 3 and 4: principle engraving, the verbose-cloned student) |
+//! | generate | verbose_clone | `verbose_clone.rs` (SELF-ALIGN stage 4: the verbose teacher's answers, filtered) |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
 //! Adding a method: a new file with a unit struct implementing [`TypedMethod`] (its parameters
@@ -36,6 +37,7 @@ pub mod evaluate;
 pub mod filter;
 pub mod lisa;
 pub mod params;
+pub mod principle_align;
 pub mod repnoise;
 pub mod respond;
 pub mod review;
@@ -141,6 +143,7 @@ pub static METHODS: &[&dyn Method] = &[
     &self_instruct::SelfInstruct,
     &tgrt_topics::TgrtTopics,
     &tgrt_questions::TgrtQuestions,
+    &principle_align::PrincipleAlign,
     &engrave::Engrave,
     &verbose_clone::VerboseClone,
     &evaluate::Evaluate,

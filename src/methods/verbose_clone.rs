@@ -5,7 +5,8 @@
 //! tokens above id 1024); `data::verbose_clone` filters the answers; an `engrave` stage with
 //! `meta_prompt = "alternate"` then trains the student on them (context distillation).
 //!
-//! The inputs are shuffled with the stage seed, as `prepare_verbose_clone_input.py` does, and the
+//! The inputs (with the 910 identity questions) are shuffled with the stage seed, as
+//! `prepare_verbose_clone_input.py` does, and the
 //! kept examples again, as the merge step does. A row stops at the first `"### User\n"`: the
 //! filter cuts there and drops what follows, so the kept text is what the official run, which
 //! writes on to `max_new_tokens`, would keep from the same tokens (the sampling stream of the
@@ -19,10 +20,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::params::{StageInputs, Validate};
+use super::principle_align::DatasetNames;
 use super::respond::{check_sampling, default_batch};
 use super::self_instruct::at_least_one;
 use crate::data::filter::FilterReport;
 use crate::data::verbose_clone::{self as vc, Drop};
+use crate::data::watson;
 use crate::data::{shuffle_seeded, Instruction, Items};
 use crate::eval::generation::{generate_responses, GenOptions};
 use crate::model::generate::FinishReason;
@@ -37,7 +40,14 @@ use crate::store;
 pub struct VerboseCloneParams {
     /// The queries: instruction datasets (the stage-1 stages, `["@instruct", "@questions"]`);
     /// their outputs, if any, are ignored.
-    pub data: Vec<String>,
+    pub data: DatasetNames,
+    /// Add the identity questions (`data::watson::dummy_questions`), as
+    /// `prepare_verbose_clone_input.py` does.
+    #[serde(default = "yes")]
+    pub dummy: bool,
+    /// Add at most this many identity questions (all 910 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_dummy: Option<usize>,
     /// Answer at most this many queries (after the shuffle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queries: Option<usize>,
@@ -59,6 +69,9 @@ pub struct VerboseCloneParams {
     pub penalty_min_id: i64,
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_temperature() -> f64 {
     0.3
 }
@@ -79,8 +92,11 @@ crate::whole_table_params!(VerboseCloneParams);
 
 impl Validate for VerboseCloneParams {
     fn validate(&self, _: &str) -> Result<(), ParamError> {
-        if self.data.is_empty() {
+        if self.data.names().is_empty() {
             return Err(ParamError::new("data", "needs at least one dataset of queries"));
+        }
+        if self.max_dummy.is_some() && !self.dummy {
+            return Err(ParamError::new("max_dummy", "is set but `dummy = false` adds none"));
         }
         if let Some(m) = self.max_queries {
             at_least_one("max_queries", m)?;
@@ -100,11 +116,15 @@ impl Validate for VerboseCloneParams {
 
 impl StageInputs for VerboseCloneParams {
     fn datasets(&self) -> Vec<&str> {
-        self.data.iter().map(String::as_str).collect()
+        self.data.names()
     }
-    /// The teacher prompt (bump when the file changes).
+    /// The teacher prompt and the identity questions (bump when a file changes).
     fn components(&self) -> BTreeMap<String, u32> {
-        BTreeMap::from([("prompt:data/templates/dromedary_verbose_teacher_prompt.txt".to_string(), 1)])
+        let mut c = BTreeMap::from([("prompt:data/templates/dromedary_verbose_teacher_prompt.txt".to_string(), 1)]);
+        if self.dummy {
+            c.insert(format!("dummy:{}", watson::DUMMY_FILE), 1);
+        }
+        c
     }
 }
 
@@ -141,13 +161,18 @@ impl super::TypedMethod for VerboseClone {
     }
 }
 
-/// The queries of every dataset, tagged with their source, shuffled with `seed` and capped.
+/// The queries of every dataset and the identity questions, tagged with their source, shuffled
+/// with the stage seed and capped.
 fn queries(ctx: &StageContext, p: &VerboseCloneParams) -> Result<Vec<(String, Instruction)>, StageError> {
     let mut all = Vec::new();
-    for name in &p.data {
+    for name in p.data.names() {
         let ds = ctx.dataset(name)?;
         let items = ds.as_instructions().map_err(|e| StageError::Method(format!("verbose_clone `data` {name}: {e}")))?;
-        all.extend(items.iter().map(|i| (name.clone(), Instruction { output: String::new(), ..i.clone() })));
+        all.extend(items.iter().map(|i| (name.to_string(), Instruction { output: String::new(), ..i.clone() })));
+    }
+    if p.dummy {
+        let dummies = watson::dummy_questions()?;
+        all.extend(dummies.into_iter().take(p.max_dummy.unwrap_or(usize::MAX)).map(|q| (watson::DUMMY_FILE.to_string(), q)));
     }
     shuffle_seeded(&mut all, ctx.config.seed);
     if let Some(m) = p.max_queries {
@@ -250,6 +275,8 @@ mod tests {
         assert_eq!((p.temperature, p.top_p, p.max_new_tokens), (0.3, 0.7, 512));
         assert_eq!((p.ngram_penalties, p.penalty_min_id), ([0.0, 0.0, 1.0, 2.0], 1024));
         assert_eq!(p.datasets(), ["@instruct", "@questions"]);
+        assert!(p.dummy && p.max_dummy.is_none());
+        assert!(p.components().contains_key("dummy:data/dromedary/vicuna_dummy_data.json"));
     }
 
     #[test]
@@ -257,6 +284,7 @@ mod tests {
         let key = |t: &str| params(t).unwrap_err().key;
         assert_eq!(key("data = []"), "data");
         assert_eq!(key("data = [\"a\"]\nmax_queries = 0"), "max_queries");
+        assert_eq!(key("data = \"a\"\ndummy = false\nmax_dummy = 2"), "max_dummy");
         assert_eq!(key("data = [\"a\"]\nngram_penalties = [0.0, 0.0, -1.0, 2.0]"), "ngram_penalties");
         assert_eq!(key("data = [\"a\"]\npenalty_min_id = -2"), "penalty_min_id");
         assert_eq!(key("data = [\"a\"]\ntop_p = 0.0"), "top_p");
