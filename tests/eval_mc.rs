@@ -323,7 +323,7 @@ fn hhh_dromedary_form_matches_reimplementation() {
         let lm = lm(name);
         let items = fixture_items(&data, &fx);
         let meta_name = fx["meta_prompt"].as_str().unwrap();
-        let meta = dromedary::meta_prompt(Some(meta_name)).unwrap();
+        let meta = dromedary::MetaPrompt::load(Some(meta_name)).unwrap();
         let max_seq_len = fx["max_seq_len"].as_u64().unwrap() as usize;
         let mut all = Vec::new();
         for bs in BATCH_SIZES {
