@@ -1,8 +1,8 @@
 //! Multiple-choice and text metrics against references nobody here wrote: fixtures from
 //! `scripts/make_mc_reference.py`, which runs lm-evaluation-harness 0.4.13 itself (its HFLM on
 //! the tiny fixture models, its task YAMLs, process_results and aggregations) on the shipped
-//! HHH, TruthfulQA and BBQ data; Dromedary's HHH form and fluency are faithful re-implementations
-//! with transformers (see the script).
+//! HHH, TruthfulQA and BBQ data; Dromedary's HHH and TruthfulQA MC1 forms and fluency are
+//! faithful re-implementations with transformers (see the script).
 //!
 //! Checked: identical contexts, continuations, choices and gold; log-likelihoods within 1e-4
 //! (absolute); identical predictions; aggregate scores equal to lm-eval's; and the same results
@@ -16,6 +16,7 @@ use std::path::Path;
 use common::*;
 use runner::data::{load, DataSpec, Dataset, Format, Items, McVariant, MultipleChoice};
 use runner::eval::benchmarks::{self, BbqAnswer, BbqChoices, BbqRecord};
+use runner::eval::dromedary_truthfulqa::{self, candidate_scores, Ranking};
 use runner::eval::judge::JudgeEnv;
 use runner::eval::multiple_choice::{score_items, McRecord, ScoreOptions};
 use runner::eval::{dromedary, run_metric, text_metrics, MetricSpec};
@@ -323,7 +324,7 @@ fn hhh_dromedary_form_matches_reimplementation() {
         let lm = lm(name);
         let items = fixture_items(&data, &fx);
         let meta_name = fx["meta_prompt"].as_str().unwrap();
-        let meta = dromedary::meta_prompt(Some(meta_name)).unwrap();
+        let meta = dromedary::MetaPrompt::load(Some(meta_name)).unwrap();
         let max_seq_len = fx["max_seq_len"].as_u64().unwrap() as usize;
         let mut all = Vec::new();
         for bs in BATCH_SIZES {
@@ -354,6 +355,148 @@ fn hhh_dromedary_form_matches_reimplementation() {
         }
         assert!(!out.values.contains_key("hhh_acc_norm"));
     }
+}
+
+/// The TruthfulQA MC1 items of a Dromedary fixture.
+fn truthfulqa_dromedary_data(fx: &Value, mc: McVariant) -> Dataset {
+    let d = &fx["data"];
+    let mut ds = DataSpec::new(Format::TruthfulqaBigbench, d["path"].as_str().unwrap());
+    ds.mc = Some(mc);
+    ds.limit = Some(d["limit"].as_u64().unwrap() as usize);
+    dataset(&ds)
+}
+
+const RANKINGS: [(Ranking, &str); 2] = [(Ranking::TrueMinusFalse, "true_minus_false"), (Ranking::TrueOnly, "true_only")];
+
+/// (meta prompt, questions checked, batch sizes, the (ranking, bug) run through `run_metric`):
+/// Watson's prompt is ~3500 tokens of the tiny BPE, so it gets 2 questions and small batches.
+const TRUTHFULQA_DROMEDARY_CASES: [(&str, usize, [usize; 2], Option<(&str, bool)>); 3] = [
+    ("dromedary_verbose", 6, BATCH_SIZES, Some(("true_only", true))),
+    ("none", 6, BATCH_SIZES, Some(("true_minus_false", false))),
+    ("watson", 2, [1, 2], None),
+];
+
+#[test]
+fn truthfulqa_dromedary_form_matches_reimplementation() {
+    let lm = lm("llama_gqa");
+    for (meta_name, n, batch_sizes, metric_run) in TRUTHFULQA_DROMEDARY_CASES {
+        let fx = read_json(&fixtures().join("mc/llama_gqa").join(format!("truthfulqa_dromedary_{meta_name}.json")));
+        let data = truthfulqa_dromedary_data(&fx, McVariant::Mc1);
+        let items = &data.as_multiple_choice().unwrap()[..n];
+        let meta = dromedary::MetaPrompt::load(Some(meta_name)).unwrap();
+        let mut all = Vec::new();
+        for bs in batch_sizes {
+            let recs =
+                dromedary_truthfulqa::score_truthfulqa(&lm.model, &lm.tokenizer, items, &meta, Ranking::TrueMinusFalse, false, bs).unwrap();
+            assert_eq!(recs.len(), n);
+            let mut max_diff: f64 = 0.0;
+            for (r, it) in recs.iter().zip(fx["items"].as_array().unwrap()) {
+                let w = format!("{meta_name} bs={bs} {}", r.id);
+                assert_eq!(r.id, it["id"].as_str().unwrap());
+                assert_eq!(r.prompts, strings(&it["prompts"]), "{w}: prompts");
+                let labels: Vec<usize> = usizes(&it["labels"]).iter().enumerate().filter(|(_, &l)| l == 1).map(|(k, _)| k).collect();
+                assert_eq!(r.gold, labels, "{w}: gold");
+                let theirs = f64s(&it["logprobs"]);
+                assert_eq!(r.logprobs.len(), theirs.len(), "{w}");
+                for (a, b) in r.logprobs.iter().zip(&theirs) {
+                    assert!((a - b).abs() <= ll_tol(*b), "{w}: {:?} vs {theirs:?}", r.logprobs);
+                    max_diff = max_diff.max((a - b).abs());
+                }
+                let want = &it["results"]["true_minus_false"];
+                assert_eq!(r.scores.len(), f64s(&want["scores"]).len(), "{w}: every candidate is ranked");
+                assert_eq!(r.pred, want["pred"].as_u64().unwrap() as usize, "{w}: prediction");
+                assert_eq!(r.acc, want["acc"].as_f64().unwrap(), "{w}: MC1");
+                // The other rankings and the official half-range loop, from the same log-probabilities.
+                for (ranking, key) in RANKINGS {
+                    for bug in [false, true] {
+                        let want = &it["results"][format!("{key}{}", if bug { "_bug" } else { "" })];
+                        let scores = candidate_scores(&r.logprobs, ranking, bug);
+                        assert_eq!(scores.len(), f64s(&want["scores"]).len(), "{w} {key} bug={bug}: ranked candidates");
+                        let pred = dromedary::tie_break_argmax(&scores);
+                        assert_eq!(pred, want["pred"].as_u64().unwrap() as usize, "{w} {key} bug={bug}: prediction");
+                        assert_eq!(f64::from(u8::from(r.gold.contains(&pred))), want["acc"].as_f64().unwrap(), "{w} {key} bug={bug}");
+                    }
+                }
+            }
+            eprintln!("truthfulqa dromedary {meta_name}: {} items, batch {bs}: max |logp diff| {max_diff:.2e}", recs.len());
+            all.push(recs.iter().map(|r| r.logprobs.clone()).collect::<Vec<_>>());
+        }
+        for (x, y) in all[0].iter().zip(&all[1]) {
+            for (p, q) in x.iter().zip(y) {
+                assert!((p - q).abs() <= 1e-5 + 1e-7 * p.abs(), "{meta_name}: {p} vs {q}: depends on the batch size");
+            }
+        }
+        // The metric end to end (the fixture's aggregate over all its questions).
+        if let Some((key, bug)) = metric_run {
+            let m = spec(json!({"metric": "truthfulqa_mc", "data": "tqa", "form": "dromedary", "meta_prompt": meta_name,
+                                "ranking": key, "half_range_bug": bug}));
+            m.check().unwrap();
+            let out = run_metric(&m, &lm, &data, &JudgeEnv::default()).unwrap();
+            let want = fx["aggregate"][format!("{key}{}", if bug { "_bug" } else { "" })].as_f64().unwrap();
+            close(out.values["truthfulqa_mc1"], 100.0 * want, 1e-9, &format!("{meta_name} {key} bug={bug}: MC1"));
+            assert_eq!(out.values["truthfulqa_n"], data.len() as f64);
+            assert!(!out.values.contains_key("truthfulqa_mc2"));
+            assert_eq!(out.records[0]["scores"].as_array().unwrap().len(), if bug { 3 } else { 5 }, "5 candidates");
+        }
+    }
+}
+
+#[test]
+fn truthfulqa_dromedary_form_refuses_mc2_data() {
+    let fx = read_json(&fixtures().join("mc/llama_gqa/truthfulqa_dromedary_none.json"));
+    let mut ds = DataSpec::new(Format::TruthfulqaBigbench, "data/truthfulqa/bigbench_questions_first100.json");
+    ds.mc = Some(McVariant::Mc2);
+    ds.limit = Some(2);
+    let data = dataset(&ds);
+    let m = spec(json!({"metric": "truthfulqa_mc", "data": "tqa", "form": "dromedary", "meta_prompt": "none"}));
+    let err = run_metric(&m, &lm("llama_gqa"), &data, &JudgeEnv::default()).err().expect("mc2 is refused").to_string();
+    assert!(err.contains("form = \"dromedary\"") && err.contains("mc = \"mc2\"") && err.contains("MC1 only"), "{err}");
+    // The same questions as MC1 are scored.
+    let data = truthfulqa_dromedary_data(&fx, McVariant::Mc1);
+    assert!(run_metric(&m, &lm("llama_gqa"), &data, &JudgeEnv::default()).is_ok());
+}
+
+/// Through the binary: lm-eval's and Dromedary's forms side by side in one eval stage; the
+/// Dromedary records are the reference's.
+#[test]
+fn truthfulqa_dromedary_form_runs_through_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let spec_path = root().join("tests/specs/tiny_truthfulqa_dromedary.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["run", spec_path.to_str().unwrap(), "--results", results.to_str().unwrap(), "--devices", "cpu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dirs = stage_dirs(&results, "eval");
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let metrics = read_json(&dirs[0].join("metrics.json"));
+    let lines = read_jsonl(&dirs[0].join("outputs.jsonl"));
+    for (prefix, meta_name, key) in [("tqa_verbose", "dromedary_verbose", "true_minus_false"), ("tqa_watson", "watson", "true_only_bug")] {
+        let fx = read_json(&fixtures().join("mc/llama_gqa").join(format!("truthfulqa_dromedary_{meta_name}.json")));
+        let records: Vec<&Value> = lines
+            .iter()
+            .filter(|l| {
+                l["record"]["prompts"][0]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(if meta_name == "watson" { "# Watson" } else { "# Dromedary" }))
+            })
+            .map(|l| &l["record"])
+            .collect();
+        assert_eq!(records.len(), 3, "{prefix}: one record per question");
+        assert_eq!(metrics[format!("{prefix}_n")].as_f64(), Some(3.0));
+        let mut hits = 0.0;
+        for (r, it) in records.iter().zip(fx["items"].as_array().unwrap()) {
+            assert_eq!(strings(&r["prompts"]), strings(&it["prompts"]), "{prefix} {}", r["id"]);
+            let theirs = f64s(&it["logprobs"]);
+            assert!(f64s(&r["logprobs"]).iter().zip(&theirs).all(|(a, b)| (a - b).abs() <= ll_tol(*b)), "{prefix} {}", r["id"]);
+            assert_eq!(r["pred"], it["results"][key]["pred"], "{prefix} {}", r["id"]);
+            hits += r["acc"].as_f64().unwrap();
+        }
+        close(metrics[format!("{prefix}_mc1")].as_f64().unwrap(), 100.0 * hits / 3.0, 1e-9, prefix);
+    }
+    assert!(metrics["truthfulqa_mc1"].is_number() && metrics["truthfulqa_n"] == 3.0);
+    assert_eq!(lines.iter().filter(|l| l["record"]["context"].is_string()).count(), 3, "lm-eval records");
 }
 
 #[test]
@@ -403,6 +546,10 @@ fn metric_options_are_checked() {
         json!({"metric": "hhh", "data": "d", "form": "dromedary", "meta_prompt": "none", "max_length": 512}),
         json!({"metric": "bbq", "data": "d", "choices": "item", "max_length": 256}),
         json!({"metric": "truthfulqa_mc", "data": "d"}),
+        json!({"metric": "truthfulqa_mc", "data": "d", "form": "lm_eval", "max_length": 512}),
+        json!({"metric": "truthfulqa_mc", "data": "d", "form": "dromedary", "meta_prompt": "watson", "ranking": "true_only", "half_range_bug": true}),
+        json!({"metric": "truthfulqa_mc", "data": "d", "form": "dromedary", "ranking": "true_minus_false", "half_range_bug": false}),
+        json!({"metric": "hhh", "data": "d", "form": "dromedary", "meta_prompt": "watson"}),
         json!({"metric": "multiple_choice", "data": "d", "prompt": "{question}", "delimiter": ""}),
         json!({"metric": "diversity_fluency", "data": "d", "reference_model": "x"}),
     ];
@@ -414,6 +561,7 @@ fn metric_options_are_checked() {
         (json!({"metric": "bbq", "data": "d", "form": "dromedary"}), "form"),
         (json!({"metric": "hhh", "data": "d", "choices": "item"}), "choices"),
         (json!({"metric": "truthfulqa_mc", "data": "d", "prompt": "{question}"}), "prompt"),
+        (json!({"metric": "truthfulqa_mc", "data": "d", "form": "dromedary", "choices": "item"}), "choices"),
         (json!({"metric": "bbq", "data": "d", "delimiter": ""}), "delimiter"),
         (json!({"metric": "finetune_accuracy", "data": "d", "task": "sst2", "max_length": 200}), "max_length"),
         (json!({"metric": "hhh", "data": "d", "reference_model": "x"}), "reference_model"),
@@ -429,6 +577,11 @@ fn metric_options_are_checked() {
         (json!({"metric": "hhh", "data": "d", "form": "dromedary", "meta_prompt": "/no/such/file"}), "meta_prompt"),
         (json!({"metric": "hhh", "data": "d", "form": "dromedary", "max_length": 200}), "max_length"),
         (json!({"metric": "bbq", "data": "d", "max_length": 0}), "max_length"),
+        (json!({"metric": "truthfulqa_mc", "data": "d", "meta_prompt": "watson"}), "meta_prompt"),
+        (json!({"metric": "truthfulqa_mc", "data": "d", "form": "lm_eval", "ranking": "true_only"}), "ranking"),
+        (json!({"metric": "truthfulqa_mc", "data": "d", "half_range_bug": true}), "half_range_bug"),
+        (json!({"metric": "truthfulqa_mc", "data": "d", "form": "dromedary", "max_length": 2048}), "max_length"),
+        (json!({"metric": "truthfulqa_mc", "data": "d", "form": "dromedary", "meta_prompt": "watsonn"}), "meta_prompt"),
     ];
     for (v, key) in bad {
         let err = spec(v.clone()).check().expect_err(&v.to_string());
@@ -438,6 +591,16 @@ fn metric_options_are_checked() {
     assert!(serde_json::from_value::<MetricSpec>(json!({"metric": "harmful_score", "data": "d"})).is_err());
     assert!(serde_json::from_value::<MetricSpec>(json!({"metric": "finetune_accuracy", "data": "d"})).is_err());
     assert!(serde_json::from_value::<MetricSpec>(json!({"metric": "hhh", "data": "d", "form": "bad"})).is_err());
+    for v in [
+        json!({"metric": "truthfulqa_mc", "data": "d", "form": "mc2"}),
+        json!({"metric": "truthfulqa_mc", "data": "d", "ranking": "p_true"}),
+    ] {
+        let err = serde_json::from_value::<MetricSpec>(v.clone()).expect_err(&v.to_string()).to_string();
+        assert!(err.contains("unknown variant"), "{v}: {err}");
+    }
+    // The new keys serialize only when set: existing stage identities do not change.
+    let plain = spec(json!({"metric": "truthfulqa_mc", "data": "d"}));
+    assert_eq!(serde_json::to_value(&plain).unwrap(), json!({"metric": "truthfulqa_mc", "data": "d", "batch_size": 8}));
 }
 
 #[test]

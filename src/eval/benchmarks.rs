@@ -1,6 +1,7 @@
 //! Log-likelihood benchmarks with lm-evaluation-harness' (v0.4.13) prompts and metrics:
-//! generic multiple choice, TruthfulQA MC1/MC2, BIG-bench HHH alignment (and Dromedary's A/B
-//! form, see [`super::dromedary`]) and BBQ with the bias scores of Parrish et al. (2022).
+//! generic multiple choice, TruthfulQA MC1/MC2 (and Dromedary's true/false MC1 form, see
+//! [`super::dromedary_truthfulqa`]), BIG-bench HHH alignment (and Dromedary's A/B form, see
+//! [`super::dromedary`]) and BBQ with the bias scores of Parrish et al. (2022).
 //!
 //! Values are percentages (accuracies, MC2, bias scores × 100), each with a bootstrap
 //! `_stderr` (see [`super::stats`]).
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::multiple_choice::{fill, np_argmax, score_items, score_questions, McFormat, McQuestion, McRecord, ScoreOptions};
 use super::stats::{key_part, mean, Values};
-use super::{dromedary, BbqOptions, HhhOptions, MultipleChoiceOptions, TruthfulqaOptions};
+use super::{dromedary, dromedary_truthfulqa, BbqOptions, HhhOptions, MultipleChoiceOptions, TruthfulqaOptions};
 use crate::data::{Dataset, McVariant, MultipleChoice};
 use crate::model::{LoadedModel, ModelError, Result};
 
@@ -51,6 +52,19 @@ pub enum HhhForm {
     #[default]
     LmEval,
     /// Dromedary's two-ordering A/B prompt (IBM/Dromedary `mc_evaluation/evaluate_hhh_eval.py`).
+    Dromedary,
+}
+
+/// `metric = "truthfulqa_mc"`: which formulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruthfulqaForm {
+    /// lm-eval's `truthfulqa_mc1` / `truthfulqa_mc2`: log-likelihood of each answer after the
+    /// 6-shot QA prompt.
+    #[default]
+    LmEval,
+    /// Dromedary's true/false prompt per candidate, MC1 only (IBM/Dromedary
+    /// `mc_evaluation/evaluate_truthfulqa_mc.py`).
     Dromedary,
 }
 
@@ -121,10 +135,11 @@ pub fn run_multiple_choice(spec: &MultipleChoiceOptions, lm: &LoadedModel, data:
 }
 
 /// `metric = "truthfulqa_mc"`: lm-eval's `truthfulqa_mc1` (`<p>_mc1`: accuracy) or
-/// `truthfulqa_mc2` (`<p>_mc2`: probability mass of the true answers), by the dataset's `mc`.
-/// lm-eval's choice sets are `mc_task.json`'s (HF `truthful_qa/multiple_choice`: formats
-/// `truthfulqa-mc`, or `truthfulqa-bigbench` whose `task_mc.json` holds the MC1 targets); MC1 read
-/// from `TruthfulQA.csv` (best answer + incorrect answers) is a different choice set.
+/// `truthfulqa_mc2` (`<p>_mc2`: probability mass of the true answers), by the dataset's `mc`;
+/// with `form = "dromedary"`, Dromedary's true/false MC1 (`<p>_mc1`; MC2 data is refused).
+/// lm-eval's and Dromedary's choice sets are `mc_task.json`'s (HF `truthful_qa/multiple_choice`:
+/// formats `truthfulqa-mc`, or `truthfulqa-bigbench` whose `task_mc.json` holds the MC1 targets);
+/// MC1 read from `TruthfulQA.csv` (best answer + incorrect answers) is a different choice set.
 pub fn run_truthfulqa(spec: &TruthfulqaOptions, lm: &LoadedModel, data: &Dataset, prefix: &str) -> Result<Output> {
     let variant = data.mc_variant().ok_or_else(|| {
         ModelError::Input(format!(
@@ -133,10 +148,32 @@ pub fn run_truthfulqa(spec: &TruthfulqaOptions, lm: &LoadedModel, data: &Dataset
             data.format().name()
         ))
     })?;
-    let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec.max_length, lm));
-    let records = score_items(&lm.model, &lm.tokenizer, mc_items(data)?, &truthfulqa_format(), &opts)?;
     let mut values = BTreeMap::new();
     let mut v = Values { map: &mut values, prefix };
+    if spec.form == Some(TruthfulqaForm::Dromedary) {
+        if variant == McVariant::Mc2 {
+            return Err(ModelError::Input(format!(
+                "truthfulqa_mc with form = \"dromedary\" scores MC1 only (evaluate_truthfulqa_mc.py), but dataset `{}` has mc = \"mc2\": \
+                 set `mc = \"mc1\"` in [data.{}] or use form = \"lm_eval\"",
+                data.name(),
+                data.name()
+            )));
+        }
+        let meta = dromedary::MetaPrompt::load(spec.meta_prompt.as_deref())?;
+        let records = dromedary_truthfulqa::score_truthfulqa(
+            &lm.model,
+            &lm.tokenizer,
+            mc_items(data)?,
+            &meta,
+            spec.ranking.unwrap_or_default(),
+            spec.half_range_bug.unwrap_or(false),
+            spec.batch_size,
+        )?;
+        v.put_mean("mc1", &records.iter().map(|r| r.acc).collect::<Vec<_>>(), 100.0);
+        return Ok((values, to_json(&records)));
+    }
+    let opts = ScoreOptions::lm_eval(spec.batch_size, max_length(spec.max_length, lm));
+    let records = score_items(&lm.model, &lm.tokenizer, mc_items(data)?, &truthfulqa_format(), &opts)?;
     match variant {
         McVariant::Mc1 => v.put_mean("mc1", &records.iter().map(|r| r.acc).collect::<Vec<_>>(), 100.0),
         McVariant::Mc2 => v.put_mean("mc2", &records.iter().map(|r| r.mc2).collect::<Vec<_>>(), 100.0),
@@ -158,7 +195,7 @@ pub fn run_hhh(spec: &HhhOptions, lm: &LoadedModel, data: &Dataset, prefix: &str
             (records.iter().map(|r| r.acc).collect::<Vec<_>>(), to_json(&records))
         }
         HhhForm::Dromedary => {
-            let meta = dromedary::meta_prompt(spec.meta_prompt.as_deref())?;
+            let meta = dromedary::MetaPrompt::load(spec.meta_prompt.as_deref())?;
             let max_seq_len = spec.max_length.unwrap_or(dromedary::DEFAULT_MAX_SEQ_LEN);
             let records = dromedary::score_hhh(&lm.model, &lm.tokenizer, items, &meta, max_seq_len, spec.batch_size)?;
             (records.iter().map(|r| r.acc).collect::<Vec<_>>(), to_json(&records))

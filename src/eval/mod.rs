@@ -4,7 +4,7 @@
 //! | `metric` | data | values (`<p>` = `name`, default in parentheses) |
 //! |---|---|---|
 //! | `multiple_choice` | multiple choice | (`mc`) `<p>_acc`, `<p>_acc_norm`, `<p>_mc2` |
-//! | `truthfulqa_mc` | a `truthfulqa-*` dataset | (`truthfulqa`) `<p>_mc1` or `<p>_mc2`, by the dataset's `mc` |
+//! | `truthfulqa_mc` | a `truthfulqa-*` dataset | (`truthfulqa`) `<p>_mc1` or `<p>_mc2`, by the dataset's `mc` (form `dromedary`: `<p>_mc1` only) |
 //! | `hhh` | `hhh` | (`hhh`) `<p>_acc`, `<p>_acc_<category>`; `<p>_acc_norm` (form `lm_eval`) |
 //! | `bbq` | `bbq` (or `bbq-lite`) | (`bbq`) `<p>_acc`, `<p>_acc_ambig`, `<p>_acc_disambig`, `<p>_bias_ambig`, `<p>_bias_disambig`, each also per category (`_<Category>`) |
 //! | `harmful_score` | prompts | (`harmful_score`) `<p>`, `<p>_plus` (HS+: flagged or incoherent) |
@@ -16,11 +16,13 @@
 //! Every value of the log-likelihood and text metrics, the harmful score, the fine-tune accuracy
 //! and a judge's accuracy has a bootstrap `<value>_stderr`
 //! ([`stats`]); every metric also writes `<p>_n`, the number of items. Multiple-choice metrics
-//! follow lm-evaluation-harness ([`multiple_choice`], [`benchmarks`]); `hhh` with
-//! `form = "dromedary"` follows Dromedary ([`dromedary`]); text metrics: [`text_metrics`].
+//! follow lm-evaluation-harness ([`multiple_choice`], [`benchmarks`]); `hhh` and `truthfulqa_mc`
+//! with `form = "dromedary"` follow Dromedary ([`dromedary`], [`dromedary_truthfulqa`]); text
+//! metrics: [`text_metrics`].
 
 pub mod benchmarks;
 pub mod dromedary;
+pub mod dromedary_truthfulqa;
 pub mod generation;
 pub mod judge;
 pub mod multiple_choice;
@@ -33,7 +35,8 @@ use std::collections::BTreeMap;
 
 use crate::data::Dataset;
 use crate::model::{LoadedModel, ModelError};
-pub use benchmarks::{BbqChoices, HhhForm};
+pub use benchmarks::{BbqChoices, HhhForm, TruthfulqaForm};
+pub use dromedary_truthfulqa::Ranking;
 use generation::{PromptFormat, Task};
 use judge::{Judge, JudgeEnv, RefusalJudge, RefusalMatch};
 
@@ -78,13 +81,28 @@ pub struct MultipleChoiceOptions {
     pub batch_size: usize,
 }
 
-/// `truthfulqa_mc`: lm-eval's 6-shot QA prompt; MC1 or MC2 by the dataset's `mc`.
+/// `truthfulqa_mc`: lm-eval's 6-shot QA prompt (MC1 or MC2 by the dataset's `mc`), or
+/// Dromedary's true/false prompt per candidate (MC1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TruthfulqaOptions {
     pub data: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// `lm_eval` (default) or `dromedary` (MC1 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<TruthfulqaForm>,
+    /// With `form = "dromedary"`: `dromedary_verbose` (default), `none`, `watson`, or a file path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_prompt: Option<String>,
+    /// With `form = "dromedary"`: `true_minus_false` (default, the official rule) or `true_only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranking: Option<Ranking>,
+    /// With `form = "dromedary"`: rank only the first ceil(n/2) candidates, as the official loop
+    /// does (default false: every candidate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_range_bug: Option<bool>,
+    /// lm-eval's tokens per scored sequence (form `lm_eval` only: Dromedary truncates nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
     #[serde(default = "default_batch_size")]
@@ -102,7 +120,7 @@ pub struct HhhOptions {
     /// orderings of an A/B prompt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<HhhForm>,
-    /// With `form = "dromedary"`: `dromedary_verbose` (default), `none`, or a file path.
+    /// With `form = "dromedary"`: `dromedary_verbose` (default), `none`, `watson`, or a file path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta_prompt: Option<String>,
     /// lm-eval's tokens per scored sequence, or Dromedary's `max_seq_len` (default 1536).
@@ -288,7 +306,7 @@ pub enum MetricKind {
     /// Agreement of a judge with the `is_safe` labels of labelled responses: accuracy,
     /// precision, recall and F1 (unsafe = positive), flagged share.
     JudgeAccuracy,
-    /// lm-eval's TruthfulQA MC1 or MC2 (by the dataset's `mc`).
+    /// TruthfulQA MC1 or MC2 (by the dataset's `mc`): lm-eval's form or Dromedary's (MC1).
     TruthfulqaMc,
     /// BIG-bench HHH alignment, overall and per category; lm-eval's or Dromedary's form.
     Hhh,
@@ -423,6 +441,19 @@ impl JudgeSpec {
 /// `(key, message)` of an invalid option.
 type OptionError = (String, String);
 
+/// `meta_prompt` of a Dromedary form: a built-in name or an existing file.
+fn check_meta_prompt(m: Option<&str>, dromedary: bool) -> Result<(), OptionError> {
+    let Some(m) = m else { return Ok(()) };
+    if !dromedary {
+        return Err(("meta_prompt".into(), "`meta_prompt` applies to form = \"dromedary\"".into()));
+    }
+    if !dromedary::META_PROMPT_NAMES.contains(&m) && !std::path::Path::new(m).is_file() {
+        let names = dromedary::META_PROMPT_NAMES.map(|n| format!("{n:?}")).join(", ");
+        return Err(("meta_prompt".into(), format!("{m:?} is neither one of {names} nor an existing file")));
+    }
+    Ok(())
+}
+
 fn check_max_length(m: Option<usize>, min: usize, why: &str) -> Result<(), OptionError> {
     match m {
         Some(m) if m < min.max(1) => Err(("max_length".into(), format!("{m} is too small{why}"))),
@@ -501,22 +532,28 @@ impl MetricSpec {
     pub fn check(&self) -> Result<(), OptionError> {
         match self {
             MetricSpec::MultipleChoice(o) => check_max_length(o.max_length, 1, "")?,
-            MetricSpec::TruthfulqaMc(o) => check_max_length(o.max_length, 1, "")?,
+            MetricSpec::TruthfulqaMc(o) => {
+                let dromedary = o.form == Some(TruthfulqaForm::Dromedary);
+                check_meta_prompt(o.meta_prompt.as_deref(), dromedary)?;
+                if !dromedary {
+                    for (key, set) in [("ranking", o.ranking.is_some()), ("half_range_bug", o.half_range_bug.is_some())] {
+                        if set {
+                            return Err((key.into(), format!("`{key}` applies to form = \"dromedary\"")));
+                        }
+                    }
+                } else if o.max_length.is_some() {
+                    return Err((
+                        "max_length".into(),
+                        "form = \"dromedary\" truncates nothing (evaluate_truthfulqa_mc.py drops max_seq_len)".into(),
+                    ));
+                }
+                check_max_length(o.max_length, 1, "")?;
+            }
             MetricSpec::Bbq(o) => check_max_length(o.max_length, 1, "")?,
             MetricSpec::DiversityFluency(o) => check_max_length(o.max_length, 1, "")?,
             MetricSpec::Hhh(o) => {
                 let dromedary = o.form == Some(HhhForm::Dromedary);
-                if let Some(m) = &o.meta_prompt {
-                    if !dromedary {
-                        return Err(("meta_prompt".into(), "`meta_prompt` applies to form = \"dromedary\"".into()));
-                    }
-                    if !matches!(m.as_str(), "dromedary_verbose" | "none") && !std::path::Path::new(m).is_file() {
-                        return Err((
-                            "meta_prompt".into(),
-                            format!("{m:?} is neither \"dromedary_verbose\", \"none\" nor an existing file"),
-                        ));
-                    }
-                }
+                check_meta_prompt(o.meta_prompt.as_deref(), dromedary)?;
                 let (min, why) = if dromedary { (259, " (Dromedary needs (max_length - 256) // 3 > 0)") } else { (1, "") };
                 check_max_length(o.max_length, min, why)?;
             }
