@@ -110,7 +110,8 @@ pub fn score_targets(
 ) -> Result<Vec<Vec<f64>>> {
     let questions: Vec<McQuestion> =
         prompts.iter().map(|p| McQuestion { context: p.clone(), continuations: targets.iter().map(|t| t.to_string()).collect() }).collect();
-    let opts = ScoreOptions { batch_size, max_length: None, specials: Specials::Bos, move_whitespace: false };
+    // Every prompt starts with the meta prompt: its keys and values are computed once.
+    let opts = ScoreOptions { batch_size, max_length: None, specials: Specials::Bos, move_whitespace: false, shared_prefix: true };
     let scores = score_questions(model, tok, &questions, &opts)?;
     Ok(scores.into_iter().map(|s| s.iter().map(|c| c.logprob).collect()).collect())
 }

@@ -30,7 +30,9 @@
 use serde::Serialize;
 
 use crate::data::MultipleChoice;
-use crate::model::{score_continuations, CausalLm, ContinuationScore, ModelError, Result, TextTokenizer};
+use crate::model::{
+    score_continuations, score_continuations_shared_prefix, CausalLm, ContinuationScore, ModelError, Result, TextTokenizer,
+};
 
 /// Python's `str.isspace` for one character (`str.rstrip()`/`strip()` without arguments).
 pub fn is_py_space(c: char) -> bool {
@@ -169,12 +171,15 @@ pub struct ScoreOptions {
     /// Move the context's trailing whitespace into the continuation (lm-eval); off for
     /// Dromedary's scoring.
     pub move_whitespace: bool,
+    /// Run the tokens all contexts start with once (Dromedary's meta prompt before every
+    /// question; [`crate::model::score_continuations_shared_prefix`]); off for lm-eval's forms.
+    pub shared_prefix: bool,
 }
 
 impl ScoreOptions {
     /// lm-eval's HFLM defaults with this `max_length`.
     pub fn lm_eval(batch_size: usize, max_length: usize) -> Self {
-        Self { batch_size, max_length: Some(max_length), specials: Specials::TokenizerDefault, move_whitespace: true }
+        Self { batch_size, max_length: Some(max_length), specials: Specials::TokenizerDefault, move_whitespace: true, shared_prefix: false }
     }
 }
 
@@ -207,7 +212,11 @@ pub fn score_questions(
     opts: &ScoreOptions,
 ) -> Result<Vec<Vec<ContinuationScore>>> {
     let requests = build_requests(tok, questions, opts)?;
-    let scores = score_continuations(model, &requests, opts.batch_size, tok.pad_id())?;
+    let scores = if opts.shared_prefix {
+        score_continuations_shared_prefix(model, &requests, opts.batch_size, tok.pad_id())?
+    } else {
+        score_continuations(model, &requests, opts.batch_size, tok.pad_id())?
+    };
     let mut at = 0;
     Ok(questions
         .iter()
