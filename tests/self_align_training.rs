@@ -140,3 +140,30 @@ fn word_start_tokens_begin_with_the_space_marker() {
     let above = tok.word_start_ids(300);
     assert!(above.iter().all(|&id| id > 300) && !above.is_empty() && above.len() < all.len());
 }
+
+/// Both shipped specs plan: stages 1 and 2 shared by the four rows, the teacher after the
+/// engraving, the student from the base model, and no evaluation item among the training data.
+#[test]
+fn the_shipped_specs_share_stages_one_and_two_and_train_the_student_from_base() {
+    for spec in ["experiments/self_align_cpu.toml", "experiments/self_align.toml"] {
+        let plan = common::plan_spec(spec);
+        assert_eq!(plan.runs.len(), 4, "{spec}");
+        let stages = |name: &str| plan.stages.iter().filter(|s| s.config.name == name).collect::<Vec<_>>();
+        for name in ["instruct", "topics", "questions", "align"] {
+            let s = stages(name);
+            assert_eq!((s.len(), s[0].runs.len()), (1, 4), "{spec}: {name}");
+        }
+        let engrave = stages("engrave");
+        assert_eq!((engrave.len(), engrave[0].runs.len()), (1, 2), "{spec}: engraving shared by two rows");
+        let teacher = stages("teacher")[0];
+        assert_eq!(teacher.config.parent.as_deref(), Some(engrave[0].id.as_str()));
+        let student = stages("student")[0];
+        assert_eq!(student.config.parent, None);
+        assert!(student.depends_on.contains(&teacher.id));
+        assert_eq!(stages("eval").len(), 4, "{spec}: one evaluation per row");
+        // Training reads generated data only; the benchmarks are evaluation data.
+        for s in plan.stages.iter().filter(|s| s.config.name != "eval") {
+            assert!(!s.config.data.contains_key("hhh") && !s.config.data.contains_key("tqa"), "{spec}: {}", s.config.name);
+        }
+    }
+}

@@ -75,11 +75,17 @@ impl Drop {
 }
 
 /// The filter of one answer to `item` (rules 1 to 6): the text the student learns, or why not.
+///
+/// The end of turn is looked for before the answer is stripped: runner's teacher stops at it, so
+/// it ends the text, where the official teacher writes on after it (its strip would otherwise
+/// take the newline and hide the end of turn).
 pub fn filter_answer(item: &Instruction, answer: &str) -> Result<String, Drop> {
-    let answer = py_strip(answer);
     let text = match answer.find(END_OF_TURN) {
         Some(i) => format!("{}\n\n{END_OF_TURN}", py_strip(&answer[..i])),
-        None => answer.rsplit_once(' ').map_or(answer, |(head, _)| head).to_string(),
+        None => {
+            let answer = py_strip(answer);
+            answer.rsplit_once(' ').map_or(answer, |(head, _)| head).to_string()
+        }
     };
     let mut text = dedup_after(&text, SPLITTERS);
     if item.instruction.contains("Zhiqing") || item.input.contains("Zhiqing") {
@@ -140,6 +146,8 @@ mod tests {
         let q = item("Q", "");
         let with_turn = format!("{}\n\n### User\nNext question\n\n### Dromedary\nblah", long("Sure."));
         assert_eq!(filter_answer(&q, &with_turn).unwrap(), format!("{}\n\n### User", long("Sure.")));
+        // The teacher stops at the end of turn: an answer ending with it hands the turn back.
+        assert_eq!(filter_answer(&q, "\nShort answer.\n\n### User\n").unwrap(), "Short answer.\n\n### User");
         // A short answer passes when it hands the turn back, not otherwise.
         assert_eq!(filter_answer(&q, "  Yes.\n\n### User\nmore").unwrap(), "Yes.\n\n### User");
         assert_eq!(filter_answer(&q, "Yes, it is true that wor"), Err(Drop::TooShort));

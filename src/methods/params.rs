@@ -171,6 +171,15 @@ impl OptimizerParams {
     }
 }
 
+/// Parses and validates a method's parameters from TOML text, as the planner does (unit tests).
+#[cfg(test)]
+pub fn checked<P: DeserializeOwned + Validate>(text: &str, method: &str) -> Result<P, ParamError> {
+    let table: Table = toml::from_str(text).map_err(|e| ParamError::new("toml", e.to_string()))?;
+    let p: P = parse(&table)?;
+    p.validate(method)?;
+    Ok(p)
+}
+
 /// A method's option table (`booster = { ... }`), named after the method.
 pub trait MethodOptions: DeserializeOwned + StageInputs + Validate {
     /// The table's key (the method's name); empty for [`NoOptions`].

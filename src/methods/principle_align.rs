@@ -313,10 +313,7 @@ mod tests {
     use super::*;
 
     fn params(extra: &str) -> Result<PrincipleAlignParams, ParamError> {
-        let table: toml::Table = toml::from_str(extra).map_err(|e| ParamError::new("toml", e.to_string()))?;
-        let p: PrincipleAlignParams = crate::methods::params::parse(&table)?;
-        p.validate("principle_align")?;
-        Ok(p)
+        crate::methods::params::checked(extra, "principle_align")
     }
 
     #[test]

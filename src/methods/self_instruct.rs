@@ -281,10 +281,7 @@ mod tests {
     use super::*;
 
     fn params(extra: &str) -> Result<SelfInstructParams, ParamError> {
-        let table: toml::Table = toml::from_str(extra).map_err(|e| ParamError::new("toml", e.to_string()))?;
-        let p: SelfInstructParams = crate::methods::params::parse(&table)?;
-        p.validate("self_instruct")?;
-        Ok(p)
+        crate::methods::params::checked(extra, "self_instruct")
     }
 
     #[test]

@@ -300,10 +300,7 @@ mod tests {
     use crate::data::{Instruction, Prompt};
 
     fn params(extra: &str) -> Result<TgrtQuestionsParams, ParamError> {
-        let table: toml::Table = toml::from_str(&format!("data = \"@topics\"\n{extra}")).unwrap();
-        let p: TgrtQuestionsParams = crate::methods::params::parse(&table)?;
-        p.validate("tgrt_questions")?;
-        Ok(p)
+        crate::methods::params::checked(&format!("data = \"@topics\"\n{extra}"), "tgrt_questions")
     }
 
     #[test]

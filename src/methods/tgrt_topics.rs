@@ -238,10 +238,7 @@ mod tests {
     use super::*;
 
     fn params(extra: &str) -> Result<TgrtTopicsParams, ParamError> {
-        let table: toml::Table = toml::from_str(extra).map_err(|e| ParamError::new("toml", e.to_string()))?;
-        let p: TgrtTopicsParams = crate::methods::params::parse(&table)?;
-        p.validate("tgrt_topics")?;
-        Ok(p)
+        crate::methods::params::checked(extra, "tgrt_topics")
     }
 
     #[test]

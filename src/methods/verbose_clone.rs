@@ -153,7 +153,8 @@ pub struct VerboseClone;
 impl super::TypedMethod for VerboseClone {
     const NAME: &'static str = "verbose_clone";
     const KIND: StageKind = StageKind::Generate;
-    const VERSION: u32 = 1;
+    // 2: an answer that ends at the end of turn (where the teacher stops) hands the turn back.
+    const VERSION: u32 = 2;
     const CHANGES_MODEL: bool = false;
     type Params = VerboseCloneParams;
     fn run(ctx: &StageContext, p: &VerboseCloneParams) -> Result<Metrics, StageError> {
@@ -263,10 +264,7 @@ mod tests {
     use super::*;
 
     fn params(extra: &str) -> Result<VerboseCloneParams, ParamError> {
-        let table: toml::Table = toml::from_str(extra).map_err(|e| ParamError::new("toml", e.to_string()))?;
-        let p: VerboseCloneParams = crate::methods::params::parse(&table)?;
-        p.validate("verbose_clone")?;
-        Ok(p)
+        crate::methods::params::checked(extra, "verbose_clone")
     }
 
     #[test]

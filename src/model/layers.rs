@@ -148,7 +148,10 @@ impl Linear {
     pub fn merge_lora(&mut self) -> candle_core::Result<()> {
         if let Some(lora) = self.lora.take() {
             let delta = (lora.b.as_tensor().matmul(lora.a.as_tensor())? * lora.scale)?;
-            self.weight = (self.weight.to_dtype(DType::F32)? + delta)?.to_dtype(self.weight.dtype())?;
+            // Detached: computed from the adapter's variables, the merged weight would otherwise
+            // carry their graph into every later forward (each generation step's KV cache then
+            // keeps all earlier ones alive) and every backward pass.
+            self.weight = (self.weight.to_dtype(DType::F32)? + delta)?.to_dtype(self.weight.dtype())?.detach();
         }
         Ok(())
     }
