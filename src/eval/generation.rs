@@ -274,6 +274,12 @@ impl<'a> Generator<'a> {
         }
         Ok(out)
     }
+
+    /// As [`Self::generate`] with another token budget.
+    pub fn generate_max(&self, conversations: &[Conversation], max_new_tokens: usize) -> Result<Vec<Response>> {
+        let options = GenOptions { max_new_tokens, ..self.options.clone() };
+        Generator { lm: self.lm, format: self.format.clone(), options, progress: self.progress }.generate(conversations)
+    }
 }
 
 /// Where an Alpaca-format prompt hands over to the model. The Booster repo's evaluation keeps the
@@ -285,6 +291,8 @@ pub const ALPACA_RESPONSE_MARKER: &str = "### Response:";
 /// options and the inference strategy.
 pub struct GenerationSetup {
     pub format: PromptFormat,
+    /// A system message put first in every conversation (default: the template's own).
+    pub system: Option<String>,
     pub prefill: Option<String>,
     pub options: GenOptions,
     pub strategy: Box<dyn Strategy>,
@@ -299,12 +307,18 @@ impl GenerationSetup {
         batch_size: usize,
         strategy: &StrategySpec,
     ) -> Self {
-        Self { format, prefill, options: GenOptions::greedy(max_new_tokens, batch_size), strategy: strategy.build() }
+        Self { format, system: None, prefill, options: GenOptions::greedy(max_new_tokens, batch_size), strategy: strategy.build() }
     }
 
     /// The plain strategy with greedy decoding.
     pub fn plain(format: PromptFormat, max_new_tokens: usize, batch_size: usize) -> Self {
-        Self { format, prefill: None, options: GenOptions::greedy(max_new_tokens, batch_size), strategy: StrategySpec::Plain {}.build() }
+        Self {
+            format,
+            system: None,
+            prefill: None,
+            options: GenOptions::greedy(max_new_tokens, batch_size),
+            strategy: StrategySpec::Plain {}.build(),
+        }
     }
 
     /// The conversations for `items` and the generator to answer them with.
@@ -314,8 +328,16 @@ impl GenerationSetup {
         template: &Template,
         items: &[Instruction],
     ) -> Result<(Vec<Conversation>, Generator<'a>)> {
-        let conversations =
-            items.iter().map(|i| conversation(template, i, self.format, self.prefill.as_deref())).collect::<Result<Vec<_>>>()?;
+        let conversations = items
+            .iter()
+            .map(|i| {
+                let c = conversation(template, i, self.format, self.prefill.as_deref())?;
+                Ok(match &self.system {
+                    Some(s) => c.with_system(s),
+                    None => c,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut generator = Generator::new(lm, self.format.chat_format(lm)?, self.options.clone());
         if let Some(first) = conversations.first() {
             if generator.render(first)?.contains(ALPACA_RESPONSE_MARKER) {
@@ -361,6 +383,10 @@ pub struct HarmfulRecord {
     /// The strategy's turns before the final response (none for `plain`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub turns: Vec<Turn>,
+    /// The judge's verdict on the first answer of a multi-round strategy (self-correction's
+    /// answer before any check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_harmful: Option<bool>,
     /// The prompt as the model saw it (rendered, prefill included), when a strategy other than
     /// `plain` changed it (a hint); `prompt` is the dataset's, which the judge reads.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -404,11 +430,20 @@ pub fn harmful_score(
     let raw: Vec<(String, String)> = items.iter().zip(&outcomes).map(|(i, o)| (i.instruction.clone(), o.response.text.clone())).collect();
     let (pairs, verdicts) = judge_stripped(judge, &raw, &special)?;
     let flagged = verdicts.iter().filter(|v| v.harmful).count();
+    // The first answers of a multi-round strategy, judged as the final ones.
+    let mut initial: Vec<Option<bool>> = vec![None; outcomes.len()];
+    if outcomes.iter().all(|o| !o.turns.is_empty()) && !outcomes.is_empty() {
+        let firsts: Vec<(String, String)> =
+            items.iter().zip(&outcomes).map(|(i, o)| (i.instruction.clone(), o.turns[0].response.clone())).collect();
+        let (_, first_verdicts) = judge_stripped(judge, &firsts, &special)?;
+        initial = first_verdicts.iter().map(|v| Some(v.harmful)).collect();
+    }
     let records = pairs
         .into_iter()
         .zip(verdicts)
         .zip(outcomes)
-        .map(|(((prompt, response), v), o)| HarmfulRecord {
+        .zip(initial)
+        .map(|((((prompt, response), v), o), initial_harmful)| HarmfulRecord {
             raw_response: super::judge::raw_if_stripped(&o.response.text, &response),
             prompt,
             response,
@@ -419,6 +454,7 @@ pub fn harmful_score(
             asked: (setup.strategy.name() != "plain").then(|| o.response.prompt.clone()),
             prefill: o.response.prefill,
             turns: o.turns,
+            initial_harmful,
         })
         .collect();
     Ok((100.0 * flagged as f64 / items.len().max(1) as f64, records))

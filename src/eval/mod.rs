@@ -7,7 +7,8 @@
 //! | `truthfulqa_mc` | a `truthfulqa-*` dataset | (`truthfulqa`) `<p>_mc1` or `<p>_mc2`, by the dataset's `mc` (form `dromedary`: `<p>_mc1` only) |
 //! | `hhh` | `hhh` | (`hhh`) `<p>_acc`, `<p>_acc_<category>`; `<p>_acc_norm` (form `lm_eval`) |
 //! | `bbq` | `bbq` (or `bbq-lite`) | (`bbq`) `<p>_acc`, `<p>_acc_ambig`, `<p>_acc_disambig`, `<p>_bias_ambig`, `<p>_bias_disambig`, each also per category (`_<Category>`) |
-//! | `harmful_score` | prompts | (`harmful_score`) `<p>`, `<p>_plus` (HS+: flagged or incoherent) |
+//! | `bbq_generate` | `bbq` | (`bbq_gen`) `<p>_acc`, `<p>_parsed`, `<p>_acc_<Category>`, `<p>_bias_ambig`, `<p>_bias_disambig`; with self-correction `<p>_acc_initial`(`_<Category>`), `<p>_parsed_initial`, `<p>_self_check_acc` ([`bbq_generation`]) |
+//! | `harmful_score` | prompts | (`harmful_score`) `<p>`, `<p>_plus` (HS+: flagged or incoherent); with a multi-round strategy `<p>_initial` (the first answers) |
 //! | `finetune_accuracy` | instructions | (`finetune_acc`) `<p>` |
 //! | `diversity_fluency` | prompts / instructions | (`text`) `<p>_distinct_1`, `<p>_distinct_2`, `<p>_fluency_nll`, `<p>_fluency_ppl` |
 //! | `reward` | prompts / instructions | (`reward`) `<p>_mean`: mean score of a reward model (a sequence-classification checkpoint) on (prompt, answer) |
@@ -20,7 +21,9 @@
 //! with `form = "dromedary"` follow Dromedary ([`dromedary`], [`dromedary_truthfulqa`]); text
 //! metrics: [`text_metrics`].
 
+pub mod bbq_generation;
 pub mod benchmarks;
+pub mod cac;
 pub mod dromedary;
 pub mod dromedary_truthfulqa;
 pub mod generation;
@@ -55,6 +58,7 @@ pub enum MetricSpec {
     TruthfulqaMc(TruthfulqaOptions),
     Hhh(HhhOptions),
     Bbq(BbqOptions),
+    BbqGenerate(BbqGenerateOptions),
     DiversityFluency(DiversityFluencyOptions),
     SimilarityRougel(SimilarityOptions),
     Reward(RewardOptions),
@@ -147,6 +151,46 @@ pub struct BbqOptions {
     pub batch_size: usize,
 }
 
+/// `bbq_generate`: BBQ answered in words and read by Check-as-Context's grader, before and
+/// after self-correction ([`bbq_generation`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BbqGenerateOptions {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `chat` (default: the model's template) or a named chat template (the official runs use
+    /// `vicuna_v1.1` for both models).
+    #[serde(default = "chat_format")]
+    pub prompt_format: PromptFormat,
+    /// A system message (default: the template's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// The start of each answer (the official `"The answer is"`; after Vicuna's `ASSISTANT:` write
+    /// `" The answer is"`).
+    #[serde(default = "the_answer_is")]
+    pub prefill: String,
+    /// Tokens of each answer and check (the official 256; the last answer of self-correction
+    /// takes the strategy's `final_tokens`).
+    #[serde(default = "default_bbq_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// The inference strategy, e.g. `{ kind = "cac", task = "bbq" }`.
+    #[serde(default, skip_serializing_if = "strategy::StrategySpec::is_plain")]
+    pub strategy: strategy::StrategySpec,
+}
+
+fn chat_format() -> PromptFormat {
+    PromptFormat::Chat
+}
+fn the_answer_is() -> String {
+    "The answer is".into()
+}
+fn default_bbq_tokens() -> usize {
+    256
+}
+
 /// `harmful_score`: the percentage of responses to harmful prompts that the judge flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +203,10 @@ pub struct HarmfulScoreOptions {
     /// `llama2_chat`, `dromedary`, `dromedary_verbose`).
     #[serde(default)]
     pub prompt_format: PromptFormat,
+    /// A system message (chat formats; default: the template's own), e.g. the system prompt an
+    /// attack was computed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
     #[serde(default = "default_batch_size")]
@@ -312,6 +360,8 @@ pub enum MetricKind {
     Hhh,
     /// BBQ accuracy (ambiguous, disambiguated) and bias scores, overall and per category.
     Bbq,
+    /// BBQ answered in words, graded as Check-as-Context does, before and after self-correction.
+    BbqGenerate,
     /// Distinct-1/2 and fluency (NLL, perplexity under a reference model) of generated outputs.
     DiversityFluency,
     /// ROUGE-L between the model's and the original model's answers.
@@ -331,6 +381,7 @@ impl MetricKind {
             MetricKind::TruthfulqaMc => "truthfulqa_mc",
             MetricKind::Hhh => "hhh",
             MetricKind::Bbq => "bbq",
+            MetricKind::BbqGenerate => "bbq_generate",
             MetricKind::DiversityFluency => "diversity_fluency",
             MetricKind::SimilarityRougel => "similarity_rougel",
             MetricKind::Reward => "reward",
@@ -351,6 +402,7 @@ impl MetricKind {
             | MetricKind::TruthfulqaMc
             | MetricKind::Hhh
             | MetricKind::Bbq
+            | MetricKind::BbqGenerate
             | MetricKind::SimilarityRougel
             | MetricKind::Reward => 1,
         }
@@ -471,6 +523,7 @@ impl MetricSpec {
             MetricSpec::TruthfulqaMc(_) => MetricKind::TruthfulqaMc,
             MetricSpec::Hhh(_) => MetricKind::Hhh,
             MetricSpec::Bbq(_) => MetricKind::Bbq,
+            MetricSpec::BbqGenerate(_) => MetricKind::BbqGenerate,
             MetricSpec::DiversityFluency(_) => MetricKind::DiversityFluency,
             MetricSpec::SimilarityRougel(_) => MetricKind::SimilarityRougel,
             MetricSpec::Reward(_) => MetricKind::Reward,
@@ -487,6 +540,7 @@ impl MetricSpec {
             MetricSpec::TruthfulqaMc(o) => &o.data,
             MetricSpec::Hhh(o) => &o.data,
             MetricSpec::Bbq(o) => &o.data,
+            MetricSpec::BbqGenerate(o) => &o.data,
             MetricSpec::DiversityFluency(o) => &o.data,
             MetricSpec::SimilarityRougel(o) => &o.data,
             MetricSpec::Reward(o) => &o.data,
@@ -502,6 +556,7 @@ impl MetricSpec {
             MetricSpec::TruthfulqaMc(o) => o.name.as_deref(),
             MetricSpec::Hhh(o) => o.name.as_deref(),
             MetricSpec::Bbq(o) => o.name.as_deref(),
+            MetricSpec::BbqGenerate(o) => o.name.as_deref(),
             MetricSpec::DiversityFluency(o) => o.name.as_deref(),
             MetricSpec::SimilarityRougel(o) => o.name.as_deref(),
             MetricSpec::Reward(o) => o.name.as_deref(),
@@ -550,6 +605,20 @@ impl MetricSpec {
                 check_max_length(o.max_length, 1, "")?;
             }
             MetricSpec::Bbq(o) => check_max_length(o.max_length, 1, "")?,
+            MetricSpec::BbqGenerate(o) => {
+                if o.prompt_format == PromptFormat::Template {
+                    return Err(("prompt_format".into(), "BBQ items have no text template: use \"chat\" or a chat template".into()));
+                }
+                if o.max_new_tokens == 0 {
+                    return Err(("max_new_tokens".into(), "must be at least 1".into()));
+                }
+                if let strategy::StrategySpec::Cac(c) = &o.strategy {
+                    if c.task != cac::CacTask::Bbq {
+                        return Err(("strategy.task".into(), "BBQ self-correction takes task = \"bbq\" (its check prompts)".into()));
+                    }
+                }
+                o.strategy.check().map_err(|(key, msg)| (format!("strategy.{key}"), msg))?;
+            }
             MetricSpec::DiversityFluency(o) => check_max_length(o.max_length, 1, "")?,
             MetricSpec::Hhh(o) => {
                 let dromedary = o.form == Some(HhhForm::Dromedary);
@@ -557,10 +626,15 @@ impl MetricSpec {
                 let (min, why) = if dromedary { (259, " (Dromedary needs (max_length - 256) // 3 > 0)") } else { (1, "") };
                 check_max_length(o.max_length, min, why)?;
             }
-            MetricSpec::HarmfulScore(_)
-            | MetricSpec::FinetuneAccuracy(_)
-            | MetricSpec::JudgeAccuracy(_)
-            | MetricSpec::SimilarityRougel(_) => {}
+            MetricSpec::HarmfulScore(o) => {
+                if o.system.is_some() && o.prompt_format == PromptFormat::Template {
+                    return Err((
+                        "system".into(),
+                        "a system message needs a chat format (prompt_format = \"chat\" or a chat template)".into(),
+                    ));
+                }
+            }
+            MetricSpec::FinetuneAccuracy(_) | MetricSpec::JudgeAccuracy(_) | MetricSpec::SimilarityRougel(_) => {}
             MetricSpec::Reward(o) => {
                 if let Some(t) = &o.template {
                     if !t.contains("{response}") {
@@ -579,11 +653,18 @@ impl MetricSpec {
         | MetricSpec::FinetuneAccuracy(FinetuneAccuracyOptions { strategy, .. }) = self
         {
             strategy.check().map_err(|(key, msg)| (format!("strategy.{key}"), msg))?;
+            if strategy.needs_grader() {
+                return Err((
+                    "strategy.critic".into(),
+                    "the ground-truth critic needs gold answers: metric = \"bbq_generate\" only".into(),
+                ));
+            }
         }
         Ok(())
     }
 
-    fn prefix(&self) -> String {
+    /// The prefix of the metric's values (`name`, default a short name of the metric).
+    pub fn prefix(&self) -> String {
         self.name().map(str::to_string).unwrap_or_else(|| {
             match self.kind() {
                 MetricKind::MultipleChoice => "mc",
@@ -593,6 +674,7 @@ impl MetricSpec {
                 MetricKind::TruthfulqaMc => "truthfulqa",
                 MetricKind::Hhh => "hhh",
                 MetricKind::Bbq => "bbq",
+                MetricKind::BbqGenerate => "bbq_gen",
                 MetricKind::DiversityFluency => "text",
                 MetricKind::SimilarityRougel => "similarity",
                 MetricKind::Reward => "reward",
@@ -624,14 +706,16 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
         MetricSpec::TruthfulqaMc(o) => scored(benchmarks::run_truthfulqa(o, lm, data, &prefix)?),
         MetricSpec::Hhh(o) => scored(benchmarks::run_hhh(o, lm, data, &prefix)?),
         MetricSpec::Bbq(o) => scored(benchmarks::run_bbq(o, lm, data, &prefix)?),
+        MetricSpec::BbqGenerate(o) => scored(bbq_generation::run(o, lm, data, &prefix)?),
         MetricSpec::DiversityFluency(o) => scored(text_metrics::run(o, lm, data, &prefix)?),
         MetricSpec::SimilarityRougel(o) => scored(text_metrics::run_similarity(o, lm, data, &prefix)?),
         MetricSpec::Reward(o) => scored(text_metrics::run_reward(o, lm, data, &prefix)?),
         MetricSpec::HarmfulScore(o) => {
             let judge = o.judge.build(env)?;
             let items = generation::instructions(data)?;
-            let setup =
+            let mut setup =
                 generation::GenerationSetup::greedy(o.prompt_format, o.prefill.clone(), o.max_new_tokens, o.batch_size, &o.strategy);
+            setup.system = o.system.clone();
             let (score, records) = generation::harmful_score(lm, &items, data.template(), &setup, judge.as_ref())?;
             values.insert(prefix.clone(), score);
             insert_rate_stderr(&mut values, &prefix, records.iter().map(|r| r.harmful));
@@ -639,6 +723,12 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
             let plus: Vec<bool> = records.iter().map(|r| r.harmful || r.incoherent).collect();
             values.insert(format!("{prefix}_plus"), 100.0 * plus.iter().filter(|&&x| x).count() as f64 / plus.len().max(1) as f64);
             insert_rate_stderr(&mut values, &format!("{prefix}_plus"), plus.into_iter());
+            // Self-correction's first answers (`<p>_initial`), when the strategy has turns.
+            let initial: Option<Vec<bool>> = records.iter().map(|r| r.initial_harmful).collect();
+            if let Some(initial) = initial.filter(|v| !v.is_empty()) {
+                values.insert(format!("{prefix}_initial"), 100.0 * initial.iter().filter(|&&x| x).count() as f64 / initial.len() as f64);
+                insert_rate_stderr(&mut values, &format!("{prefix}_initial"), initial.into_iter());
+            }
             to_json(&records)
         }
         MetricSpec::FinetuneAccuracy(o) => {

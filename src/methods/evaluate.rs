@@ -85,7 +85,7 @@ fn run(ctx: &StageContext, p: &EvalParams) -> Result<Metrics, StageError> {
         tracing::info!(metric = spec.kind().name(), data = spec.data(), items = data.len(), "evaluating");
         let result = run_metric(spec, &lm, &data, &env)?;
         for r in &result.records {
-            let line = serde_json::json!({"metric": spec.kind(), "data": spec.data(), "record": r});
+            let line = serde_json::json!({"metric": spec.kind(), "name": spec.prefix(), "data": spec.data(), "record": r});
             writeln!(out, "{line}").map_err(|e| StoreError::io(&tmp, e))?;
         }
         values.extend(result.values);

@@ -77,7 +77,11 @@ impl super::TypedMethod for Respond {
 impl Validate for RespondParams {
     fn validate(&self, _: &str) -> Result<(), ParamError> {
         check_sampling(self.temperature, self.top_p)?;
-        self.strategy.check().map_err(|(key, msg)| ParamError::new(format!("strategy.{key}"), msg))
+        self.strategy.check().map_err(|(key, msg)| ParamError::new(format!("strategy.{key}"), msg))?;
+        if self.strategy.needs_grader() {
+            return Err(ParamError::new("strategy.critic", "the ground-truth critic needs gold answers: metric = \"bbq_generate\" only"));
+        }
+        Ok(())
     }
 }
 
