@@ -22,12 +22,14 @@
 //! | generate | principle_align | `principle_align.rs` (SELF-ALIGN stage 2: Watson-prompted answers, the official filters, the identity conversations) |
 //! | train | engrave | `engrave.rs` (SELF-ALIGN stages 3 and 4: principle engraving, the verbose-cloned student) |
 //! | generate | verbose_clone | `verbose_clone.rs` (SELF-ALIGN stage 4: the verbose teacher's answers, filtered) |
+//! | generate | autodan | `autodan.rs` (the AutoDAN-GA jailbreak attack: one evolved prompt per AdvBench goal) |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
 //! Adding a method: a new file with a unit struct implementing [`TypedMethod`] (its parameters
 //! as a serde struct implementing [`params::Validate`] and [`StageInputs`]), and one line in
 //! [`METHODS`].
 
+pub mod autodan;
 pub mod booster;
 pub mod classifier;
 pub mod coh;
@@ -146,6 +148,7 @@ pub static METHODS: &[&dyn Method] = &[
     &principle_align::PrincipleAlign,
     &engrave::Engrave,
     &verbose_clone::VerboseClone,
+    &autodan::Autodan,
     &evaluate::Evaluate,
 ];
 
