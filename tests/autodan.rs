@@ -55,7 +55,7 @@ fn autodan_writes_one_evolved_prompt_per_goal_and_an_eval_reads_them() {
     let records = jsonl(&attack.join("outputs.jsonl"));
     let log = jsonl(&attack.join("log.jsonl"));
     assert_eq!((dataset.len(), records.len(), log.len()), (2, 2, 4));
-    assert_eq!(json(&attack.join("dataset.json"))["count"], 2);
+    assert_eq!(json(&attack.join("dataset.json"))["records"], 2);
     let prototype = std::fs::read_to_string(root.join("tests/fixtures/autodan/prototype_short.txt")).unwrap();
 
     let lm = load(
