@@ -205,8 +205,8 @@ pub struct AutodanParams {
     /// Replaces `[KEEPER]`.
     #[serde(default = "default_developer")]
     pub developer: String,
-    /// A text file with the prototype (default: the built-in "Developer Mode" prompt). Its path,
-    /// not its contents, enters the stage's identity.
+    /// A text file with the prototype, relative to the directory runner runs in (default: the
+    /// built-in "Developer Mode" prompt). Its path, not its contents, enters the stage's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prototype: Option<String>,
     /// Candidates per scoring forward.
