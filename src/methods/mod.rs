@@ -23,12 +23,14 @@
 //! | train | engrave | `engrave.rs` (SELF-ALIGN stages 3 and 4: principle engraving, the verbose-cloned student) |
 //! | generate | verbose_clone | `verbose_clone.rs` (SELF-ALIGN stage 4: the verbose teacher's answers, filtered) |
 //! | generate | gcg_transfer | `gcg_transfer.rs` (Check-as-Context's GCG-transfer attack: a fixed suffix on every behaviour) |
+//! | generate | autodan | `autodan.rs` (the AutoDAN-GA jailbreak attack: one evolved prompt per AdvBench goal) |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
 //! Adding a method: a new file with a unit struct implementing [`TypedMethod`] (its parameters
 //! as a serde struct implementing [`params::Validate`] and [`StageInputs`]), and one line in
 //! [`METHODS`].
 
+pub mod autodan;
 pub mod booster;
 pub mod classifier;
 pub mod coh;
@@ -149,6 +151,7 @@ pub static METHODS: &[&dyn Method] = &[
     &engrave::Engrave,
     &verbose_clone::VerboseClone,
     &gcg_transfer::GcgTransfer,
+    &autodan::Autodan,
     &evaluate::Evaluate,
 ];
 
