@@ -22,6 +22,7 @@
 //! | generate | principle_align | `principle_align.rs` (SELF-ALIGN stage 2: Watson-prompted answers, the official filters, the identity conversations) |
 //! | train | engrave | `engrave.rs` (SELF-ALIGN stages 3 and 4: principle engraving, the verbose-cloned student) |
 //! | generate | verbose_clone | `verbose_clone.rs` (SELF-ALIGN stage 4: the verbose teacher's answers, filtered) |
+//! | generate | gcg | `gcg.rs` (GCG-individual jailbreak: an adversarial suffix per AdvBench goal) |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
 //! Adding a method: a new file with a unit struct implementing [`TypedMethod`] (its parameters
@@ -35,6 +36,7 @@ pub mod dpo;
 pub mod engrave;
 pub mod evaluate;
 pub mod filter;
+pub mod gcg;
 pub mod lisa;
 pub mod params;
 pub mod principle_align;
@@ -146,6 +148,7 @@ pub static METHODS: &[&dyn Method] = &[
     &principle_align::PrincipleAlign,
     &engrave::Engrave,
     &verbose_clone::VerboseClone,
+    &gcg::Gcg,
     &evaluate::Evaluate,
 ];
 
