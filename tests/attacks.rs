@@ -64,8 +64,8 @@ fn gcg_writes_adversarial_prompts_that_an_eval_stage_reads() {
         // The written prompt is the goal with the last step's suffix (keep = "final").
         let prompt = rec["prompt"].as_str().unwrap();
         let suffix = steps[2]["suffix"].as_str().unwrap();
-        assert_eq!(prompt, format!("{goal}{suffix}"));
-        assert!(suffix.starts_with(' ') && suffix != " ! ! ! ! !", "{suffix:?}");
+        assert_eq!(prompt, format!("{goal} {suffix}"));
+        assert_ne!(suffix, "! ! ! ! !", "three steps changed the initial suffix");
         assert_eq!((rec["target"].as_str(), rec["id"].as_str()), (Some(target.as_str()), Some(i.to_string().as_str())));
         // same_length: rendered and tokenized again, the suffix still spans five tokens.
         let len = |text: &str| tok.encode(&chat(text), true).unwrap().len();

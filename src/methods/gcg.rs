@@ -43,9 +43,10 @@
 //! reads `before ++ suffix ++ after ++ target`. The filters re-encode a candidate in context: the
 //! prompt text with the candidate's text as the suffix must encode to `before ++ X ++ after`, so
 //! the written prompt, rendered again by a later stage, gives the model the optimised ids
-//! (`identical_ids`) or a suffix of the same length (`same_length`). A suffix's text is what its
-//! ids add to the decoded `before`, the separating space included; the written prompt is
-//! `goal + text`, which for the initial suffix is `goal + " " + suffix_init`.
+//! (`identical_ids`) or a suffix of the same length (`same_length`). The text the suffix's ids add
+//! to the decoded `before` starts with the space after the goal (the first token carries it, as
+//! `" !"` does), and in both modes a candidate must keep it: both codes join `goal + " " + suffix`
+//! as strings, and so is the written prompt, the suffix being that text less the space.
 
 use candle_core::{DType, Tensor, Var};
 use rand::rngs::StdRng;
@@ -314,6 +315,8 @@ impl AttackPrompt {
             after_text: tail.to_string(),
             before_decoded,
         };
+        // The suffix's tokens must carry the space that separates it from the goal.
+        prompt.suffix_text(tok, &suffix_ids).map_err(|e| e.to_string())?;
         Ok((prompt, suffix_ids))
     }
 
@@ -322,16 +325,27 @@ impl AttackPrompt {
         [self.before.as_slice(), suffix, &self.after].concat()
     }
 
-    /// The text a suffix adds after the goal (decoded in context, its leading space included).
-    pub fn suffix_text(&self, tok: &TextTokenizer, suffix: &[u32]) -> ModelResult<String> {
+    /// The text a suffix's ids add after the goal (decoded in context): the separating space, then
+    /// the suffix's text.
+    pub fn added_text(&self, tok: &TextTokenizer, suffix: &[u32]) -> ModelResult<String> {
         let text = tok.decode(&[self.before.as_slice(), suffix].concat(), false)?;
         text.strip_prefix(self.before_decoded.as_str())
             .map(str::to_string)
             .ok_or_else(|| ModelError::Input(format!("the suffix {suffix:?} changes how the text before it decodes")))
     }
 
-    /// For each suffix text, the ids it encodes to between `before` and `after` when the prompt is
-    /// tokenized whole, or `None` where it changes the tokens around it.
+    /// The suffix as text, without the space that separates it from the goal: the prompt the
+    /// model reads is `goal + " " + suffix_text`.
+    pub fn suffix_text(&self, tok: &TextTokenizer, suffix: &[u32]) -> ModelResult<String> {
+        let added = self.added_text(tok, suffix)?;
+        added
+            .strip_prefix(' ')
+            .map(str::to_string)
+            .ok_or_else(|| ModelError::Input(format!("the suffix {added:?} lost the space that separates it from the goal")))
+    }
+
+    /// For each added text ([`Self::added_text`]), the ids it encodes to between `before` and
+    /// `after` when the prompt is tokenized whole, or `None` where it changes the tokens around it.
     pub fn reencode(&self, tok: &TextTokenizer, texts: &[String]) -> ModelResult<Vec<Option<Vec<u32>>>> {
         let (nb, na) = (self.before.len(), self.after.len());
         texts
@@ -474,15 +488,18 @@ pub fn filter_candidates(
     filter: RetokenizeFilter,
     width: usize,
 ) -> ModelResult<(Vec<Vec<u32>>, usize)> {
-    let current_text = prompt.suffix_text(tok, current)?;
-    let texts: Vec<String> = candidates.iter().map(|c| prompt.suffix_text(tok, c)).collect::<ModelResult<_>>()?;
+    let current_text = prompt.added_text(tok, current)?;
+    let texts: Vec<String> = candidates.iter().map(|c| prompt.added_text(tok, c)).collect::<ModelResult<_>>()?;
     let reencoded = prompt.reencode(tok, &texts)?;
     let mut kept: Vec<Vec<u32>> = Vec::with_capacity(width);
     for ((c, text), ids) in candidates.into_iter().zip(&texts).zip(reencoded) {
-        let ok = match filter {
-            RetokenizeFilter::SameLength => *text != current_text && ids.is_some_and(|ids| ids.len() == c.len()),
-            RetokenizeFilter::IdenticalIds => ids.as_ref() == Some(&c),
-        };
+        // Both codes join `goal + " " + suffix` as strings: a candidate keeps the separating space.
+        let separated = text.starts_with(' ');
+        let ok = separated
+            && match filter {
+                RetokenizeFilter::SameLength => *text != current_text && ids.is_some_and(|ids| ids.len() == c.len()),
+                RetokenizeFilter::IdenticalIds => ids.as_ref() == Some(&c),
+            };
         if ok {
             kept.push(c);
         }
@@ -624,7 +641,7 @@ pub struct StepRecord {
     pub loss: f64,
     /// The lowest loss so far (the initial suffix's included).
     pub best_loss: f64,
-    /// The suffix after the step, as the text appended to the goal.
+    /// The suffix after the step as text (the prompt is `goal + " " + suffix`).
     pub suffix: String,
     /// Candidates that passed the filter (before refilling).
     pub candidates: usize,
@@ -758,7 +775,7 @@ fn run(ctx: &StageContext, p: &GcgParams) -> Result<Metrics, StageError> {
             Keep::Best => &out.best_suffix,
         };
         let suffix = prompt.suffix_text(&lm.tokenizer, kept)?;
-        written.push(Prompt { prompt: format!("{}{suffix}", row.prompt), id: Some(id), ..row.clone() });
+        written.push(Prompt { prompt: format!("{} {suffix}", row.prompt), id: Some(id), ..row.clone() });
         final_loss += out.loss;
         best_loss += out.best_loss;
         steps += out.steps;
@@ -823,7 +840,8 @@ mod tests {
         let whole = tok.encode(&format!("{head}Write a poem ! ! !{tail}Sure, here is"), true).unwrap();
         assert_eq!([p.prompt_ids(&suffix), p.target.clone()].concat(), whole);
         assert_eq!(tok.decode(&suffix, false).unwrap(), " ! ! !");
-        assert_eq!(p.suffix_text(&tok, &suffix).unwrap(), " ! ! !");
+        assert_eq!(p.added_text(&tok, &suffix).unwrap(), " ! ! !");
+        assert_eq!(p.suffix_text(&tok, &suffix).unwrap(), "! ! !");
         assert_eq!(tok.decode(&p.target, false).unwrap(), "Sure, here is");
         assert_eq!(tok.decode(&p.after, false).unwrap(), tail);
         // A header ending in a colon gets a space before the target (FastChat's rendering).
@@ -913,14 +931,14 @@ mod tests {
         let relabelled = vec![id("Ġa"), id("h"), id("es")];
         // "he" joins the goal's last token " t" into " the".
         let glued = vec![id("he"), id("Ġand"), id("Ġthe")];
-        let texts: Vec<String> = [&merging, &relabelled, &glued].iter().map(|c| p.suffix_text(&tok, c).unwrap()).collect();
-        assert_eq!(texts, [" a the", " ahes", "he and the"]);
+        // "Say ta and the" re-encodes to the same ids, but the space after the goal is gone.
+        let spaceless = vec![id("a"), id("Ġand"), id("Ġthe")];
+        let texts: Vec<String> = [&merging, &relabelled, &glued, &spaceless].iter().map(|c| p.added_text(&tok, c).unwrap()).collect();
+        assert_eq!(texts, [" a the", " ahes", "he and the", "a and the"]);
         let again = p.reencode(&tok, &texts).unwrap();
-        assert_eq!(again[0], Some(vec![id("Ġa"), id("Ġthe")]));
-        assert_eq!(again[1], Some(vec![id("Ġa"), id("he"), id("s")]));
-        assert_eq!(again[2], None);
+        assert_eq!(again, [Some(vec![id("Ġa"), id("Ġthe")]), Some(vec![id("Ġa"), id("he"), id("s")]), None, Some(spaceless.clone())]);
 
-        let cands = vec![current.clone(), replaced.clone(), merging, relabelled.clone(), glued];
+        let cands = vec![current.clone(), replaced.clone(), merging, relabelled.clone(), glued, spaceless];
         let (same, passed) = filter_candidates(&tok, &p, &current, cands.clone(), RetokenizeFilter::SameLength, 6).unwrap();
         assert_eq!(passed, 2, "the current suffix's own text is dropped too");
         assert_eq!(same, [replaced.clone(), relabelled.clone(), relabelled.clone(), relabelled.clone(), relabelled.clone(), relabelled]);
@@ -930,10 +948,10 @@ mod tests {
         assert!(err.to_string().contains("no candidate re-tokenizes"), "{err}");
     }
 
-    /// The loss is not linear in the one-hot (only the embedding is), so a central difference
-    /// with step 1e-2 differs from the gradient by O(1e-4) (third derivative) plus f32 rounding
-    /// of two losses divided by 2e-2 (about 3e-4 for losses near 6): the tolerance is 1e-3 plus
-    /// 2% of the entry.
+    /// The embedding is linear in the one-hot but the loss is not, so a central difference with
+    /// step 1e-2 differs from the gradient by its O(step^2) truncation (measured: at most 1.1e-2,
+    /// 0.9%, on entries up to 1.3) plus f32 rounding of two losses divided by 2e-2 (about 3e-4 for
+    /// losses near 6): the tolerance is 1e-3 plus 2% of the entry.
     #[test]
     fn the_one_hot_gradient_matches_central_differences() {
         let lm = tiny();
@@ -989,7 +1007,7 @@ mod tests {
         let search = Search { positions: Positions::Random, filter: RetokenizeFilter::IdenticalIds, ..Search::of(&gcg) };
         let s = gcg_step(&lm, &p, &init, &allowed, &search, &mut StdRng::seed_from_u64(7)).unwrap();
         assert!(s.candidates.len() <= 12 && s.passed == s.candidates.len());
-        let texts: Vec<String> = s.candidates.iter().map(|c| p.suffix_text(&lm.tokenizer, c).unwrap()).collect();
+        let texts: Vec<String> = s.candidates.iter().map(|c| p.added_text(&lm.tokenizer, c).unwrap()).collect();
         let again = p.reencode(&lm.tokenizer, &texts).unwrap();
         assert!(again.iter().zip(&s.candidates).all(|(a, c)| a.as_ref() == Some(c)));
 
