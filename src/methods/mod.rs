@@ -23,6 +23,7 @@
 //! | train | engrave | `engrave.rs` (SELF-ALIGN stages 3 and 4: principle engraving, the verbose-cloned student) |
 //! | generate | verbose_clone | `verbose_clone.rs` (SELF-ALIGN stage 4: the verbose teacher's answers, filtered) |
 //! | generate | gcg_transfer | `gcg_transfer.rs` (Check-as-Context's GCG-transfer attack: a fixed suffix on every behaviour) |
+//! | generate | gcg | `gcg.rs` (GCG-individual jailbreak: an adversarial suffix per AdvBench goal) |
 //! | generate | autodan | `autodan.rs` (the AutoDAN-GA jailbreak attack: one evolved prompt per AdvBench goal) |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
@@ -38,6 +39,7 @@ pub mod dpo;
 pub mod engrave;
 pub mod evaluate;
 pub mod filter;
+pub mod gcg;
 pub mod gcg_transfer;
 pub mod lisa;
 pub mod params;
@@ -151,6 +153,7 @@ pub static METHODS: &[&dyn Method] = &[
     &engrave::Engrave,
     &verbose_clone::VerboseClone,
     &gcg_transfer::GcgTransfer,
+    &gcg::Gcg,
     &autodan::Autodan,
     &evaluate::Evaluate,
 ];

@@ -203,6 +203,19 @@ impl CausalLm {
     pub fn embed(&self, input_ids: &Tensor, positions: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
         let (bsz, t) = input_ids.dims2()?;
         let tokens = self.embed.index_select(&input_ids.flatten_all()?, 0)?.reshape((bsz, t, self.config.word_embed_proj_dim))?;
+        self.embed_vectors(tokens, positions, opts)
+    }
+
+    /// The token embedding table `[V, E]`, one row per token id.
+    pub fn token_embeddings(&self) -> &Tensor {
+        &self.embed
+    }
+
+    /// As [`Self::embed`], from token embedding vectors `[B, T, E]` instead of ids: rows of
+    /// [`Self::token_embeddings`] or any mixture of them (GCG's one-hot gradient differentiates
+    /// through `one_hot @ table`).
+    pub fn embed_vectors(&self, tokens: Tensor, positions: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
+        let (bsz, t, _) = tokens.dims3()?;
         let x = match &self.project_in {
             Some(p) => p.forward(&tokens, opts)?,
             None => tokens,
