@@ -116,6 +116,7 @@ fn a_two_round_strategy_sees_its_first_answer() {
     let template = Template::builtin("alpaca").unwrap();
     let setup = GenerationSetup {
         format: PromptFormat::Named(NamedTemplate::VicunaV1_1),
+        system: None,
         prefill: None,
         options: GenOptions::greedy(6, 2),
         strategy: Box::new(AreYouSure),
