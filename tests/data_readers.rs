@@ -832,7 +832,9 @@ fn shipped_data_is_small_and_documented() {
             }
         }
     }
-    assert!(total < 3_000_000, "data/ is {total} bytes");
+    // 4 MB: raised from 3 MB for Check-as-Context's own BBQ subset (data/cac_bbq/, 853 KB, the
+    // 1,100 items its paper-scale spec reads).
+    assert!(total < 4_000_000, "data/ is {total} bytes");
     let sources = std::fs::read_to_string(root().join("data/SOURCES.md")).unwrap();
     for e in std::fs::read_dir(root().join("data")).unwrap() {
         let e = e.unwrap();
