@@ -102,7 +102,7 @@ pub struct BbqAnswerRecord {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub turns: Vec<Turn>,
     #[serde(skip)]
-    facts: (usize, Option<usize>),
+    facts: BbqFacts,
 }
 
 fn items(data: &Dataset) -> Result<&[MultipleChoice]> {
@@ -141,9 +141,9 @@ pub fn run(spec: &BbqGenerateOptions, lm: &LoadedModel, data: &Dataset, prefix: 
         spec.strategy.build_with_grader(Box::new(move |i: usize, r: &Response| {
             let (choices, gold) = &grader_items[i];
             parse_answer(&r.text, choices) == Some(*gold)
-        }))
+        }))?
     } else {
-        spec.strategy.build()
+        spec.strategy.build()?
     };
     let outcomes = strategy.run(&conversations, &generator)?;
     let records: Vec<BbqAnswerRecord> = items.iter().zip(&facts).zip(outcomes).map(|((item, f), o)| record(item, f, o)).collect();
@@ -178,7 +178,7 @@ fn record(item: &MultipleChoice, f: &BbqFacts, o: Outcome) -> BbqAnswerRecord {
         verdict_biased,
         asked: o.response.prompt,
         turns: o.turns,
-        facts: (f.unknown, f.biased),
+        facts: *f,
     }
 }
 
@@ -210,8 +210,8 @@ pub fn values_of(records: &[BbqAnswerRecord], values: &mut BTreeMap<String, f64>
     }
     for condition in ["ambig", "disambig"] {
         let read: Vec<&BbqAnswerRecord> =
-            records.iter().filter(|r| r.context_condition == condition && r.choice.is_some() && r.facts.1.is_some()).collect();
-        let answer = |r: &BbqAnswerRecord| classify_bbq_answer(r.choice.expect("read"), r.facts.0, r.facts.1);
+            records.iter().filter(|r| r.context_condition == condition && r.choice.is_some() && r.facts.biased.is_some()).collect();
+        let answer = |r: &BbqAnswerRecord| classify_bbq_answer(r.choice.expect("read"), r.facts.unknown, r.facts.biased);
         v.put_stat(&format!("bias_{condition}"), read.len(), 100.0, |s| {
             let sample: Vec<&BbqAnswerRecord> = s.iter().map(|&i| read[i]).collect();
             let ratio = bias_ratio(sample.iter().map(|r| answer(r)))?;
@@ -329,7 +329,7 @@ mod tests {
             self_check_correct: None,
             asked: String::new(),
             turns: Vec::new(),
-            facts: (2, Some(0)),
+            facts: BbqFacts { unknown: 2, gold: 2, biased: Some(0) },
         }
     }
 

@@ -251,6 +251,7 @@ fn bbq_meta<'a>(item: &'a MultipleChoice, key: &str) -> Result<&'a str> {
 }
 
 /// What the scoring of a BBQ item needs to know about its answers (indices into `ans0..ans2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BbqFacts {
     pub unknown: usize,
     pub gold: usize,

@@ -109,8 +109,10 @@ pub struct Demos {
     pub icd_llama2: Vec<(String, String)>,
 }
 
-pub fn demos() -> Demos {
-    serde_json::from_str(DEMOS).expect("data/templates/cac/demos.json is valid (checked by a test)")
+/// `demos.json`, parsed once.
+pub fn demos() -> &'static Demos {
+    static PARSED: std::sync::OnceLock<Demos> = std::sync::OnceLock::new();
+    PARSED.get_or_init(|| serde_json::from_str(DEMOS).expect("data/templates/cac/demos.json is valid (checked by a test)"))
 }
 
 impl CacSpec {
@@ -204,20 +206,24 @@ impl CacSpec {
         Ok(())
     }
 
-    /// The strategy (after [`Self::check`]), with the metric's grader for the ground-truth critic.
-    pub fn build(&self, grader: Option<Oracle>) -> Box<dyn Strategy> {
+    /// The strategy, with the metric's grader for the ground-truth critic; a spec that
+    /// [`Self::check`] refuses is refused here too, with its key.
+    pub fn build(&self, grader: Option<Oracle>) -> Result<Box<dyn Strategy>> {
+        let refused = |(key, message): (String, String)| ModelError::Input(format!("strategy: `{key}` {message}"));
+        self.check().map_err(refused)?;
+        let check = self.check_question().map_err(refused)?;
         if self.variant() == CacVariant::Diverse {
             let history = demos().self_demos[..2 * self.rounds()].to_vec();
-            return Box::new(Demonstrations { name: "cac", history, max_new_tokens: self.final_tokens });
+            return Ok(Box::new(Demonstrations { name: "cac", history, max_new_tokens: self.final_tokens }));
         }
         let again = match (self.task, self.variant()) {
             (CacTask::Jailbreak, CacVariant::SelfInstruct) => Again::Instruction(JAILBREAK_REFINE.to_string()),
             (CacTask::Bbq, _) => Again::Question { prefix: BBQ_AGAIN.to_string() },
             _ => Again::Question { prefix: String::new() },
         };
-        Box::new(Cac {
+        Ok(Box::new(Cac {
             rounds: self.rounds(),
-            check: self.check_question().unwrap_or_default(),
+            check,
             check_prefill: self.check_prefill.clone(),
             again,
             check_tokens: self.check_tokens,
@@ -232,7 +238,7 @@ impl CacSpec {
                 }
             },
             oracle: grader,
-        })
+        }))
     }
 }
 
@@ -315,6 +321,12 @@ impl Cac {
 impl Strategy for Cac {
     fn name(&self) -> &str {
         "cac"
+    }
+
+    fn generations(&self) -> usize {
+        // The first answer, then per round a check (unless the critic writes it) and an answer.
+        let checks = if self.critic.is_some() { 0 } else { self.rounds };
+        1 + self.rounds + checks
     }
 
     fn run(&self, conversations: &[Conversation], g: &dyn Generate) -> Result<Vec<Outcome>> {
@@ -406,8 +418,11 @@ mod tests {
     fn run(s: &CacSpec, c: Conversation) -> (Outcome, Vec<Option<usize>>) {
         s.check().unwrap();
         let g = Scripted { calls: RefCell::new(Vec::new()) };
-        let out = s.build(None).run(&[c], &g).unwrap().remove(0);
+        let strategy = s.build(None).unwrap();
+        let out = strategy.run(&[c], &g).unwrap().remove(0);
         let calls = g.calls.borrow().clone();
+        // The progress bar's count is the number of generation calls per conversation.
+        assert_eq!(strategy.generations(), calls.len());
         (out, calls)
     }
 
@@ -455,7 +470,7 @@ mod tests {
     #[test]
     fn diverse_puts_the_cached_exchanges_before_the_question() {
         let (out, calls) = run(&spec("task = \"jailbreak\"\nvariant = \"diverse\"\nrounds = 1"), Conversation::user("Q").with_system("S"));
-        let d = demos().self_demos;
+        let d = &demos().self_demos;
         let expected =
             format!("system: S\nuser: {}\nassistant: {}\nuser: {}\nassistant: {}\nuser: Q\nassistant:", d[0].0, d[0].1, d[1].0, d[1].1);
         assert_eq!(out.response.prompt, expected);
@@ -470,7 +485,7 @@ mod tests {
         for (p, expected) in [(1.0, [VERDICT_UNBIASED, VERDICT_BIASED]), (0.0, [VERDICT_BIASED, VERDICT_UNBIASED])] {
             let s = spec(&format!("task = \"bbq\"\ncritic = \"ground_truth\"\ncritic_accuracy = {p}"));
             s.check().unwrap();
-            let cac = s.build(Some(Box::new(|i, _| i == 0)));
+            let cac = s.build(Some(Box::new(|i, _| i == 0))).unwrap();
             let out = cac.run(&cs, &g).unwrap();
             let verdicts: Vec<&str> = out.iter().map(|o| o.turns[1].response.as_str()).collect();
             assert_eq!(verdicts, expected);
@@ -478,7 +493,7 @@ mod tests {
         // At 0.5 both kinds of verdict occur over many items.
         let s = spec("task = \"bbq\"\ncritic = \"ground_truth\"\ncritic_accuracy = 0.5\nseed = 3");
         let many: Vec<Conversation> = (0..40).map(|i| Conversation::user(&i.to_string())).collect();
-        let out = s.build(Some(Box::new(|_, _| true))).run(&many, &g).unwrap();
+        let out = s.build(Some(Box::new(|_, _| true))).unwrap().run(&many, &g).unwrap();
         let biased = out.iter().filter(|o| o.turns[1].response == VERDICT_BIASED).count();
         assert!((8..=32).contains(&biased), "{biased} of 40 wrong verdicts at accuracy 0.5");
     }
@@ -497,5 +512,7 @@ mod tests {
         assert!(toml::from_str::<StrategySpec>("kind = \"cac\"\ntask = \"bbq\"\nround = 2").is_err());
         assert!(toml::from_str::<StrategySpec>("kind = \"cac\"").is_err());
         assert_eq!(demos().self_demos.len(), 6);
+        // Building re-checks: a refused spec never becomes a strategy.
+        assert!(spec("task = \"jailbreak\"\ncheck = \"nl\"").build(None).is_err());
     }
 }

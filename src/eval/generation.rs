@@ -306,8 +306,8 @@ impl GenerationSetup {
         max_new_tokens: usize,
         batch_size: usize,
         strategy: &StrategySpec,
-    ) -> Self {
-        Self { format, system: None, prefill, options: GenOptions::greedy(max_new_tokens, batch_size), strategy: strategy.build() }
+    ) -> Result<Self> {
+        Ok(Self { format, system: None, prefill, options: GenOptions::greedy(max_new_tokens, batch_size), strategy: strategy.build()? })
     }
 
     /// The plain strategy with greedy decoding.
@@ -317,7 +317,7 @@ impl GenerationSetup {
             system: None,
             prefill: None,
             options: GenOptions::greedy(max_new_tokens, batch_size),
-            strategy: StrategySpec::Plain {}.build(),
+            strategy: Box::new(super::strategy::Plain),
         }
     }
 

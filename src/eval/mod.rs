@@ -714,7 +714,7 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
             let judge = o.judge.build(env)?;
             let items = generation::instructions(data)?;
             let mut setup =
-                generation::GenerationSetup::greedy(o.prompt_format, o.prefill.clone(), o.max_new_tokens, o.batch_size, &o.strategy);
+                generation::GenerationSetup::greedy(o.prompt_format, o.prefill.clone(), o.max_new_tokens, o.batch_size, &o.strategy)?;
             setup.system = o.system.clone();
             let (score, records) = generation::harmful_score(lm, &items, data.template(), &setup, judge.as_ref())?;
             values.insert(prefix.clone(), score);
@@ -734,7 +734,7 @@ pub fn run_metric(spec: &MetricSpec, lm: &LoadedModel, data: &Dataset, env: &Jud
         MetricSpec::FinetuneAccuracy(o) => {
             let items = generation::instructions(data)?;
             let setup =
-                generation::GenerationSetup::greedy(o.prompt_format, o.prefill.clone(), o.max_new_tokens, o.batch_size, &o.strategy);
+                generation::GenerationSetup::greedy(o.prompt_format, o.prefill.clone(), o.max_new_tokens, o.batch_size, &o.strategy)?;
             let (acc, records) = generation::finetune_accuracy(lm, &items, data.template(), &setup, o.task)?;
             values.insert(prefix.clone(), acc);
             insert_rate_stderr(&mut values, &prefix, records.iter().map(|r| r.correct));

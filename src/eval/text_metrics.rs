@@ -144,7 +144,7 @@ fn greedy_answers(
 ) -> Result<(Vec<String>, Vec<String>)> {
     let items = instructions(data)?;
     let (conversations, generator) =
-        GenerationSetup::greedy(format, prefill, max_new_tokens, batch_size, &Default::default()).prepare(lm, data.template(), &items)?;
+        GenerationSetup::greedy(format, prefill, max_new_tokens, batch_size, &Default::default())?.prepare(lm, data.template(), &items)?;
     Ok(generator.generate(&conversations)?.into_iter().map(|r| (r.prompt, r.text)).unzip())
 }
 

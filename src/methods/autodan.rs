@@ -18,7 +18,7 @@
 //!   `prompt_format` (default: its chat template) with an optional `system` message.
 //! - **Fitness**: the loss of a candidate is the mean cross-entropy of the target's tokens after
 //!   the rendered prompt and the assistant header (teacher forcing), scored in batches that run the
-//!   shared start of the prompts once (`model::score_continuations_shared_prefix`).
+//!   shared start of the prompts once (`attack::target_losses`).
 //! - **A step**: score; the best is the lowest loss; every `eval_every` steps and at the last, the
 //!   best answers greedily (`test_new_tokens`) and the attack succeeded when the answer is not
 //!   empty, not all capitals and holds no refusal phrase nor its upper-case form (the official
@@ -54,6 +54,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::time::Instant;
 
+use super::attack::target_losses;
 use super::params::{check_range, StageInputs, Validate};
 use super::self_instruct::{at_least_one, round_seed};
 use crate::data::{DataError, Dataset, Instruction, Items, Prompt, Row, SeededRng, Template};
@@ -61,7 +62,7 @@ use crate::eval::generation::{conversation, GenOptions, Generator, PromptFormat,
 use crate::eval::multiple_choice::{encode_split, is_py_space, Specials};
 use crate::model::chat::{ChatFormat, Conversation};
 use crate::model::generate::FinishReason;
-use crate::model::{score_continuations_shared_prefix, LoadedModel};
+use crate::model::LoadedModel;
 use crate::plan::ParamError;
 use crate::spec::StageKind;
 use crate::stage::{AdapterMode, Metrics, StageContext, StageError};
@@ -751,12 +752,7 @@ impl Asker<'_> {
             .iter()
             .map(|u| Ok(encode_split(tok, &self.format.render(&self.conversation(u)?)?, target, Specials::TokenizerDefault)?))
             .collect::<Result<Vec<_>, StageError>>()?;
-        let scores = score_continuations_shared_prefix(&self.lm.model, &requests, batch_size, tok.pad_id())?;
-        let losses: Vec<f64> = scores.iter().map(|s| -s.logprob / s.num_tokens as f64).collect();
-        if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
-            return Err(StageError::Method(format!("candidate {i}: the target's loss is {} (not finite)", losses[i])));
-        }
-        Ok(losses)
+        Ok(target_losses(&self.lm.model, &requests, batch_size, tok.pad_id())?)
     }
 
     /// The greedy answer to a user message and whether the attack succeeded.

@@ -19,7 +19,7 @@
 //!    differs from the current suffix's and re-encodes to L tokens; the list is refilled to B with
 //!    the last valid one) or `identical_ids` (nanoGCG: re-encodes to the same ids);
 //! 5. every candidate's loss, batched without gradients, the prompt's shared prefix run once
-//!    ([`candidate_losses`], through `score_continuations_shared_prefix`);
+//!    ([`candidate_losses`], through `attack::target_losses`);
 //! 6. the suffix becomes the candidate with the lowest loss, even when that is worse than the
 //!    current one (both codes); the lowest loss seen (the initial suffix's included) and its suffix
 //!    are kept for `keep = "best"`.
@@ -54,6 +54,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
+use super::attack::{goal_with_suffix, target_losses};
 use super::params::{StageInputs, Validate};
 use crate::data::{Instruction, Items, Prompt, Template};
 use crate::eval::generation::{conversation, stop_token_ids, PromptFormat};
@@ -61,7 +62,7 @@ use crate::eval::judge::{Judge, JudgeEnv};
 use crate::model::chat::ChatFormat;
 use crate::model::generate::FinishReason;
 use crate::model::{
-    generate, score_continuations_shared_prefix, CausalLm, ForwardOptions, GenerationConfig, LoadedModel, ModelError, TextTokenizer,
+    generate, CausalLm, ForwardOptions, GenerationConfig, LoadedModel, ModelError, TextTokenizer,
 };
 use crate::plan::ParamError;
 use crate::spec::StageKind;
@@ -362,7 +363,7 @@ impl AttackPrompt {
 /// Lays out row `goal`/`target` in the stage's prompt format.
 fn layout(lm: &LoadedModel, p: &GcgParams, template: &Template, goal: &str, target: &str) -> Result<(AttackPrompt, Vec<u32>), String> {
     let format = p.prompt_format.chat_format(lm).map_err(|e| e.to_string())?;
-    let content = format!("{goal} {}", p.suffix_init);
+    let content = goal_with_suffix(goal, &p.suffix_init);
     let (head, tail) = frame_user_message(&format, p.prompt_format, template, p.system.as_deref(), &content)?;
     AttackPrompt::new(&lm.tokenizer, (&head, &tail), goal, &p.suffix_init, target, p.space_before_target)
 }
@@ -529,18 +530,7 @@ pub fn candidate_losses(
     pad_id: u32,
 ) -> ModelResult<Vec<f64>> {
     let requests: Vec<(Vec<u32>, Vec<u32>)> = suffixes.iter().map(|s| (prompt.prompt_ids(s), prompt.target.clone())).collect();
-    let scores = score_continuations_shared_prefix(model, &requests, batch_size, pad_id)?;
-    scores
-        .iter()
-        .map(|s| {
-            let loss = -s.logprob / s.num_tokens as f64;
-            if loss.is_finite() {
-                Ok(loss)
-            } else {
-                Err(ModelError::Input(format!("a candidate's target loss is {loss}")))
-            }
-        })
-        .collect()
+    target_losses(model, &requests, batch_size, pad_id)
 }
 
 /// How one step searches (the step's share of [`GcgParams`]).

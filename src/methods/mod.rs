@@ -27,10 +27,13 @@
 //! | generate | autodan | `autodan.rs` (the AutoDAN-GA jailbreak attack: one evolved prompt per AdvBench goal) |
 //! | eval | eval (the stage's `metrics = [...]`) | `evaluate.rs` |
 //!
+//! `attack.rs` holds what the three attacks share (it is not a method).
+//!
 //! Adding a method: a new file with a unit struct implementing [`TypedMethod`] (its parameters
 //! as a serde struct implementing [`params::Validate`] and [`StageInputs`]), and one line in
 //! [`METHODS`].
 
+pub mod attack;
 pub mod autodan;
 pub mod booster;
 pub mod classifier;

@@ -95,13 +95,14 @@ fn run(ctx: &StageContext, p: &RespondParams) -> Result<Metrics, StageError> {
     let lm = ctx.load_model(AdapterMode::Merged)?;
     let data = ctx.dataset(&p.data)?;
     let items = instructions(&data)?;
-    let progress = ctx.progress(items.len() as u64, "prompt");
-    let tick = |n: usize| (0..n).for_each(|_| progress.step(None, 0));
     let mut setup = GenerationSetup::plain(p.prompt_format, p.max_new_tokens, p.batch_size);
     setup.options.temperature = p.temperature;
     setup.options.top_p = p.top_p;
     setup.options.seed = ctx.config.seed;
-    setup.strategy = p.strategy.build();
+    setup.strategy = p.strategy.build()?;
+    // A multi-round strategy answers each prompt several times: the bar counts responses.
+    let progress = ctx.progress((items.len() * setup.strategy.generations()) as u64, "response");
+    let tick = |n: usize| (0..n).for_each(|_| progress.step(None, 0));
     let (conversations, generator) = setup.prepare(&lm, data.template(), &items)?;
     let outcomes = setup.strategy.run(&conversations, &generator.with_progress(&tick))?;
     progress.finish();
