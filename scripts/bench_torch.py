@@ -6,6 +6,9 @@ Usage:
                                          [--repeats 5] [--seed 0] [--threads N] [--attn eager|sdpa]
   python scripts/bench_torch.py generate --model M [--batch 4] [--prompt-len 32] [--new-tokens 64]
                                          [--repeats 5] [--seed 0] [--threads N] [--attn eager|sdpa]
+  python scripts/bench_torch.py score    --model M [--batch 4] [--questions 32] [--shared-len 170]
+                                         [--question-len 16] [--choices 4] [--choice-len 11] [--full]
+                                         [--repeats 5] [--seed 0] [--threads N] [--attn eager|sdpa]
   python scripts/bench_torch.py make-small-llama --out DIR
 
 M is a Hugging Face model directory (config.json + safetensors) or a .gguf file (loaded with
@@ -38,6 +41,19 @@ the timed loop only (model loading, LoRA wrapping and the warm-up are not timed)
 Output: one line, the same fields as the Rust line followed by the torch settings, e.g.
   bench train (torch): model=M batch=4 seq_len=128 lora_r=8 steps=3 time=1.234s step=0.411s tokens/s=1245.3 threads=2 attn=eager
   bench generate (torch): model=M batch=4 prompt_len=32 new_tokens=32 repeats=3 time=0.987s new tokens/s=389.1 threads=2 attn=eager
+  bench score (torch): model=M batch=4 questions=32 shared_len=170 question_len=16 choices=4 choice_len=11 full=False repeats=5 time=...s run=...s choices/s=... threads=2 attn=eager
+
+score     Multiple-choice scoring, the shapes of a benchmark on random ids: Q questions, each a
+          context of S shared tokens (a few-shot prompt, the same for every question) and L tokens
+          of its own, with C choices of N tokens each; the score of a choice is the sum of its
+          tokens' log-probabilities (log_softmax in float32, inference_mode).
+          Default (as `runner bench score`): the shared prompt runs once (DynamicCache), each
+          question's context once on a copy of that cache (copy.deepcopy) up to its last token,
+          the cache is repeated for the C choices (batch_repeat_interleave), and one batch of C
+          rows ([last context token] + choice[:-1]) reads the choices' log-probabilities.
+          --full (as lm-eval's HFLM): every sequence context + choice[:-1] whole, in batches of B
+          (equal lengths, so no padding), logits only at the choice positions (logits_to_keep).
+          One untimed warm-up run, then --repeats timed runs. choices/s = Q*C / (time per run).
 
 make-small-llama --out DIR
   Saves a randomly initialised LlamaForCausalLM (seed 0, float32, safetensors): hidden 256,
@@ -174,6 +190,69 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def cmd_score(a) -> int:
+    import copy
+
+    from transformers import DynamicCache
+
+    threads = setup_threads(a.threads)
+    torch.manual_seed(a.seed)
+    model = load_model(a.model, a.attn)
+    model.eval()
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(a.seed)
+    shared = torch.randint(0, vocab, (a.shared_len,), generator=g, dtype=torch.long)
+    questions = [
+        (torch.randint(0, vocab, (a.question_len,), generator=g, dtype=torch.long),
+         torch.randint(0, vocab, (a.choices, a.choice_len), generator=g, dtype=torch.long))
+        for _ in range(a.questions)
+    ]
+    n = a.choice_len
+
+    def choice_logprobs(logits, targets):
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        return lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def run_full() -> float:
+        seqs = torch.stack([torch.cat([shared, q, c]) for q, cs in questions for c in cs])
+        total = 0.0
+        for i in range(0, seqs.shape[0], a.batch):
+            b = seqs[i:i + a.batch]
+            logits = model(input_ids=b[:, :-1], use_cache=False, logits_to_keep=n).logits
+            total += float(choice_logprobs(logits, b[:, -n:]).sum())
+        return total
+
+    def run_cached() -> float:
+        prefix = DynamicCache()
+        if a.shared_len > 0:
+            model(input_ids=shared[None], past_key_values=prefix, use_cache=True, logits_to_keep=1)
+        total = 0.0
+        for q, cs in questions:
+            cache = copy.deepcopy(prefix)
+            if a.question_len > 1:
+                model(input_ids=q[None, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(a.choices)
+            rows = torch.cat([q[-1:].expand(a.choices, 1), cs[:, :-1]], dim=1)
+            logits = model(input_ids=rows, past_key_values=cache, use_cache=True).logits
+            total += float(choice_logprobs(logits, cs).sum())
+        return total
+
+    run = run_full if a.full else run_cached
+    with torch.inference_mode():
+        total = run()
+        t0 = time.perf_counter()
+        for _ in range(a.repeats):
+            run()
+        secs = time.perf_counter() - t0
+    per_run = secs / a.repeats
+    print(f"bench score (torch): model={a.model} batch={a.batch} questions={a.questions} shared_len={a.shared_len} "
+          f"question_len={a.question_len} choices={a.choices} choice_len={a.choice_len} full={a.full} "
+          f"repeats={a.repeats} time={secs:.3f}s run={per_run:.3f}s choices/s={a.questions * a.choices / per_run:.1f} "
+          f"threads={threads} attn={a.attn}")
+    print(f"  (sum of the log-likelihoods {total:.4f}, torch {torch.__version__})", file=sys.stderr)
+    return 0
+
+
 def cmd_make_small_llama(a) -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -230,6 +309,14 @@ def main() -> int:
     common(g)
     g.add_argument("--prompt-len", type=int, default=32)
     g.add_argument("--new-tokens", type=int, default=64)
+    sc = sub.add_parser("score", help="multiple-choice scoring after a shared few-shot prompt")
+    common(sc)
+    sc.add_argument("--questions", type=int, default=32)
+    sc.add_argument("--shared-len", type=int, default=170)
+    sc.add_argument("--question-len", type=int, default=16)
+    sc.add_argument("--choices", type=int, default=4)
+    sc.add_argument("--choice-len", type=int, default=11)
+    sc.add_argument("--full", action="store_true", help="every sequence whole, as lm-eval")
     s = sub.add_parser("make-small-llama", help="save a random small Llama for benchmarking")
     s.add_argument("--out", required=True)
 
@@ -238,6 +325,8 @@ def main() -> int:
         return cmd_train(a)
     if a.cmd == "generate":
         return cmd_generate(a)
+    if a.cmd == "score":
+        return cmd_score(a)
     return cmd_make_small_llama(a)
 
 

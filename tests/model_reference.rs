@@ -137,7 +137,8 @@ fn continuation_scores_match_and_do_not_depend_on_batch_size() {
 }
 
 /// Contexts that share a long prefix (a meta prompt) score the same with the prefix's keys and
-/// values computed once and copied into each batch, for every architecture.
+/// values computed once and copied into each batch, and so do several continuations of one
+/// context (a question's choices) with the context computed once, for every architecture.
 #[test]
 fn shared_prefix_scores_equal_plain_scores() {
     for name in MODELS {
@@ -145,10 +146,13 @@ fn shared_prefix_scores_equal_plain_scores() {
         let r = reference(name);
         let items = r["continuations"].as_array().unwrap();
         let meta: Vec<u32> = (0..20).map(|i| 3 + (i * 7) % 50).collect();
+        let context = |c: &Value| [meta.clone(), ids(&c["context"])].concat();
         let requests: Vec<(Vec<u32>, Vec<u32>)> = items
             .iter()
-            .map(|c| ([meta.clone(), ids(&c["context"])].concat(), ids(&c["continuation"])))
+            .map(|c| (context(c), ids(&c["continuation"])))
             .chain([(meta[..17].to_vec(), vec![5, 9])]) // a context that is all prefix but one token
+            // More choices of the first two contexts, one-token ones among them (one shared row).
+            .chain(items.iter().take(2).flat_map(|c| [(context(c), vec![7, 3, 8]), (context(c), vec![7]), (context(c), vec![4])]))
             .collect();
         let plain = score_continuations(&lm.model, &requests, 3, 0).unwrap();
         let cached = score_continuations_shared_prefix(&lm.model, &requests, 3, 0).unwrap();

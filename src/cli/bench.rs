@@ -1,5 +1,5 @@
-//! `runner bench`: throughput of training steps and generation on one model, the same
-//! configurations `scripts/bench_torch.py` runs with PyTorch + transformers.
+//! `runner bench`: throughput of training steps, generation and multiple-choice scoring on one
+//! model, the same configurations `scripts/bench_torch.py` runs with PyTorch + transformers.
 
 use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
@@ -15,6 +15,9 @@ pub enum BenchCommand {
     Train(TrainBench),
     /// Greedy batched generation with the KV cache from random prompts.
     Generate(GenerateBench),
+    /// Multiple-choice scoring: the log-likelihood of every choice of every question after a
+    /// shared few-shot prompt and the question (random tokens, the shapes of a benchmark).
+    Score(ScoreBench),
 }
 
 #[derive(Args, Debug)]
@@ -86,6 +89,29 @@ pub struct GenerateBench {
     pub new_tokens: usize,
 }
 
+/// The defaults are the shape of TruthfulQA MC1 in lm-eval's 6-shot form on SmolLM2's tokenizer
+/// (a 170-token preamble; questions of 16 tokens, choices of 11, 4.2 choices a question).
+#[derive(Args, Debug)]
+pub struct ScoreBench {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 32)]
+    pub questions: usize,
+    /// Tokens every context starts with (the few-shot prompt; 0 for none).
+    #[arg(long, default_value_t = 170)]
+    pub shared_len: usize,
+    /// Tokens of each question after the shared prompt.
+    #[arg(long, default_value_t = 16)]
+    pub question_len: usize,
+    #[arg(long, default_value_t = 4)]
+    pub choices: usize,
+    #[arg(long, default_value_t = 11)]
+    pub choice_len: usize,
+    /// Score every sequence whole (as lm-eval does), without computing shared tokens once.
+    #[arg(long)]
+    pub full: bool,
+}
+
 fn random_ids(rng: &mut StdRng, vocab: usize, n: usize) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
 }
@@ -94,6 +120,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Train(a) => train(a),
         BenchCommand::Generate(a) => generate(a),
+        BenchCommand::Score(a) => score(a),
     }
 }
 
@@ -172,5 +199,55 @@ fn generate(a: GenerateBench) -> anyhow::Result<()> {
         secs,
         tokens / secs
     );
+    Ok(())
+}
+
+fn score(a: ScoreBench) -> anyhow::Result<()> {
+    let c = &a.common;
+    let lm = model::load(&c.model, &c.load_options(false)?)?;
+    let m = &lm.model;
+    let mut rng = StdRng::seed_from_u64(c.seed);
+    let vocab = m.config.vocab_size;
+    let shared = random_ids(&mut rng, vocab, a.shared_len);
+    let mut requests = Vec::new();
+    for _ in 0..a.questions {
+        let context = [shared.clone(), random_ids(&mut rng, vocab, a.question_len)].concat();
+        for _ in 0..a.choices {
+            requests.push((context.clone(), random_ids(&mut rng, vocab, a.choice_len)));
+        }
+    }
+    let run = || -> anyhow::Result<f64> {
+        let scores = if a.full {
+            model::score_continuations(m, &requests, c.batch, 0)?
+        } else {
+            model::score_continuations_shared_prefix(m, &requests, c.batch, 0)?
+        };
+        Ok(scores.iter().map(|s| s.logprob).sum())
+    };
+    let total = run()?;
+    let start = Instant::now();
+    for _ in 0..c.repeats {
+        run()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let per_run = secs / c.repeats as f64;
+    println!(
+        "bench score: model={} device={:?} dtype={:?} batch={} questions={} shared_len={} question_len={} choices={} choice_len={} full={} repeats={} time={:.3}s run={:.3}s choices/s={:.1}",
+        c.model,
+        c.device,
+        c.dtype,
+        c.batch,
+        a.questions,
+        a.shared_len,
+        a.question_len,
+        a.choices,
+        a.choice_len,
+        a.full,
+        c.repeats,
+        secs,
+        per_run,
+        requests.len() as f64 / per_run
+    );
+    eprintln!("  (sum of the log-likelihoods {total:.4})");
     Ok(())
 }

@@ -171,15 +171,17 @@ pub struct ScoreOptions {
     /// Move the context's trailing whitespace into the continuation (lm-eval); off for
     /// Dromedary's scoring.
     pub move_whitespace: bool,
-    /// Run the tokens all contexts start with once (Dromedary's meta prompt before every
-    /// question; [`crate::model::score_continuations_shared_prefix`]); off for lm-eval's forms.
+    /// Run shared tokens once: the prefix all contexts start with (a few-shot or meta prompt)
+    /// and each question's context for its choices
+    /// ([`crate::model::score_continuations_shared_prefix`]; the full sequences' scores up to
+    /// float rounding, as `tests/eval_mc.rs` checks against lm-eval). Off: every sequence whole.
     pub shared_prefix: bool,
 }
 
 impl ScoreOptions {
-    /// lm-eval's HFLM defaults with this `max_length`.
+    /// lm-eval's HFLM defaults with this `max_length` (shared contexts computed once).
     pub fn lm_eval(batch_size: usize, max_length: usize) -> Self {
-        Self { batch_size, max_length: Some(max_length), specials: Specials::TokenizerDefault, move_whitespace: true, shared_prefix: false }
+        Self { batch_size, max_length: Some(max_length), specials: Specials::TokenizerDefault, move_whitespace: true, shared_prefix: true }
     }
 }
 
