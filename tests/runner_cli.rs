@@ -196,9 +196,14 @@ fn booster_table1_plan_shares_the_alignment_stages() {
 fn a_generate_stage_feeds_a_later_stage() {
     let tmp = tempfile::tempdir().unwrap();
     let r = tmp.path().join("r");
-    let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/specs/tiny_generate.toml");
-    let out = run(&["run", spec.to_str().unwrap(), "--results", r.to_str().unwrap(), "--devices", "cpu"]);
-    assert!(out.status.success());
+    // Run from another directory with a relative results directory (as the default
+    // `results/<name>` is): the spec's own paths made absolute.
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let text = read(&PathBuf::from(repo).join("tests/specs/tiny_generate.toml"));
+    let spec = tmp.path().join("tiny_generate.toml");
+    std::fs::write(&spec, text.replace("\"tests/", &format!("\"{repo}/tests/")).replace("\"data/", &format!("\"{repo}/data/"))).unwrap();
+    let out = runner().current_dir(tmp.path()).args(["run", "tiny_generate.toml", "--results", "r", "--devices", "cpu"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let gen = stage_dirs(&r, "answers");
     let lines: Vec<serde_json::Value> = read(&gen[0].join("dataset.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 6);

@@ -49,6 +49,9 @@ fn load_plan(args: &SpecArgs, lenient: bool) -> anyhow::Result<(spec::LoadedSpec
     let ctx = runner::methods::Registry::new(&args.spec);
     let plan = if lenient { plan::build_lenient(&loaded, &ctx)? } else { plan::build(&loaded, &ctx)? };
     let root = args.results.clone().unwrap_or_else(|| PathBuf::from("results").join(&plan.experiment));
+    // Absolute, so that what stage processes read from earlier stages (`@stage` datasets,
+    // adapters) does not depend on their working directory.
+    let root = std::path::absolute(&root).with_context(|| format!("results directory {}", root.display()))?;
     Ok((loaded, plan, ResultsDir::new(root)))
 }
 
