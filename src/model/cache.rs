@@ -43,6 +43,26 @@ impl KvCache {
         Ok(Self { layers, valid: vec![row; batch] })
     }
 
+    /// A cache whose row `r` is this cache's row `rows[r]`.
+    pub fn select_rows(&self, rows: &[usize]) -> candle_core::Result<Self> {
+        let device = match self.layers.iter().flatten().next() {
+            Some((k, _)) => k.device().clone(),
+            None => {
+                return Ok(Self {
+                    layers: self.layers.iter().map(|_| None).collect(),
+                    valid: rows.iter().map(|&r| self.valid[r].clone()).collect(),
+                })
+            }
+        };
+        let index = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), &device)?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| Ok((k.index_select(&index, 0)?, v.index_select(&index, 0)?))).transpose())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self { layers, valid: rows.iter().map(|&r| self.valid[r].clone()).collect() })
+    }
+
     /// Appends keys/values `[B, KV, T, D]` for layer `i`; returns the full keys and values.
     pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (k, v) = match self.layers[i].take() {
@@ -82,6 +102,20 @@ pub fn causal_padding_mask(past_valid: &[Vec<bool>], new_valid: &[Vec<bool>], de
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selected_rows_copy_keys_values_and_validity() {
+        let k = Tensor::arange(0f32, 8.0, &Device::Cpu).unwrap().reshape((2, 1, 2, 2)).unwrap();
+        let mut c = KvCache::new(1, 2);
+        c.append(0, k.clone(), (&k * 2.0).unwrap()).unwrap();
+        c.valid = vec![vec![true, true], vec![false, true]];
+        let s = c.select_rows(&[1, 1, 0]).unwrap();
+        let (sk, sv) = s.layers[0].as_ref().unwrap();
+        assert_eq!(sk.dims(), [3, 1, 2, 2]);
+        assert_eq!(sk.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [4., 5., 6., 7., 4., 5., 6., 7., 0., 1., 2., 3.]);
+        assert_eq!(sv.get(2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 2., 4., 6.]);
+        assert_eq!(s.valid, [vec![false, true], vec![false, true], vec![true, true]]);
+    }
 
     #[test]
     fn mask_combines_causality_and_padding() {

@@ -70,25 +70,25 @@ pub fn score_continuations_shared_prefix(
         });
         groups[g].push(i);
     }
-    // A context of several requests with tokens of its own past the prefix gets a cache of its
-    // own; the rest are scored together after the common prefix.
-    let own_cache = |g: &Vec<usize>| g.len() > 1 && requests[g[0]].0.len() > prefix + 1;
+    // A context of several requests with tokens of its own past the prefix is run once for them;
+    // the rest are scored whole after the common prefix.
+    let (cached, loose): (Vec<&Vec<usize>>, Vec<&Vec<usize>>) =
+        groups.iter().partition(|g| g.len() > 1 && requests[g[0]].0.len() > prefix + 1);
     let mut results: Vec<Option<ContinuationScore>> = vec![None; requests.len()];
-    let mut score_into = |members: &[usize], cache: Option<&KvCache>, cached: usize| -> Result<()> {
-        let subset: Vec<(Vec<u32>, Vec<u32>)> = members.iter().map(|&i| requests[i].clone()).collect();
-        for (&i, s) in members.iter().zip(score_after_cache(model, &subset, batch_size, pad_id, cache, cached)?) {
+    let loose: Vec<usize> = loose.into_iter().flatten().copied().collect();
+    if !loose.is_empty() {
+        let subset: Vec<(Vec<u32>, Vec<u32>)> = loose.iter().map(|&i| requests[i].clone()).collect();
+        for (&i, s) in loose.iter().zip(score_after_cache(model, &subset, batch_size, pad_id, base.as_ref(), prefix)?) {
             results[i] = Some(s);
         }
-        Ok(())
-    };
-    let loose: Vec<usize> = groups.iter().filter(|g| !own_cache(g)).flatten().copied().collect();
-    if !loose.is_empty() {
-        score_into(&loose, base.as_ref(), prefix)?;
     }
-    for g in groups.iter().filter(|g| own_cache(g)) {
-        let context = &requests[g[0]].0;
-        let cache = prefix_cache(model, &context[prefix..context.len() - 1], base.as_ref(), prefix)?;
-        score_into(g, cache.as_ref(), context.len() - 1)?;
+    // Longest first, so that the groups batched together pad little (as the loose inputs).
+    let mut cached = cached;
+    cached.sort_by_key(|g| std::cmp::Reverse(requests[g[0]].0.len() + g.iter().map(|&i| requests[i].1.len()).max().unwrap_or(0)));
+    for chunk in cached.chunks(batch_size.max(1)) {
+        for (i, s) in score_group_chunk(model, requests, chunk, batch_size, pad_id, base.as_ref(), prefix)? {
+            results[i] = Some(s);
+        }
     }
     Ok(results.into_iter().map(|r| r.expect("every request is in one group")).collect())
 }
@@ -114,6 +114,72 @@ fn prefix_cache(model: &CausalLm, tokens: &[u32], past: Option<&KvCache>, start:
         model.forward_hidden(&ids, &positions, &[vec![true; tokens.len()]], Some(&mut cache), &ForwardOptions::inference())?;
     }
     Ok((!cache.is_empty()).then_some(cache))
+}
+
+/// Scores groups of requests that share a context (each context with tokens of its own after
+/// the `prefix` that `base` holds): the groups' contexts, all but their last token, in one batch
+/// on copies of `base`; then the distinct inputs `[last context token] + continuation[..-1]` of
+/// the groups, `batch_size` a batch, each row on a copy of its context's row.
+fn score_group_chunk(
+    model: &CausalLm,
+    requests: &[(Vec<u32>, Vec<u32>)],
+    groups: &[&Vec<usize>],
+    batch_size: usize,
+    pad_id: u32,
+    base: Option<&KvCache>,
+    prefix: usize,
+) -> Result<Vec<(usize, ContinuationScore)>> {
+    let opts = ForwardOptions::inference();
+    let device = &model.device;
+    let context = |g: &Vec<usize>| requests[g[0]].0.as_slice();
+    let own: Vec<Vec<u32>> = groups.iter().map(|g| context(g)[prefix..context(g).len() - 1].to_vec()).collect();
+    let mut cache = match base {
+        Some(b) => b.repeat(groups.len())?,
+        None => KvCache::new(model.num_layers(), groups.len()),
+    };
+    let batch = PaddedBatch::new(&own, pad_id, Padding::Right, device)?;
+    let positions = batch.positions.broadcast_add(&Tensor::new(prefix as u32, device)?)?;
+    model.forward_hidden(&batch.ids, &positions, &batch.valid, Some(&mut cache), &opts)?;
+    let (mut inputs, mut readers, mut row_group, mut starts): (Vec<Vec<u32>>, Vec<Vec<usize>>, Vec<usize>, Vec<u32>) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (gi, g) in groups.iter().enumerate() {
+        let c = context(g);
+        let mut input_of: HashMap<Vec<u32>, usize> = HashMap::new();
+        for &i in g.iter() {
+            let k = &requests[i].1;
+            let s = [&c[c.len() - 1..], &k[..k.len() - 1]].concat();
+            let u = *input_of.entry(s).or_insert_with_key(|s| {
+                inputs.push(s.clone());
+                readers.push(Vec::new());
+                row_group.push(gi);
+                starts.push((c.len() - 1) as u32);
+                inputs.len() - 1
+            });
+            readers[u].push(i);
+        }
+    }
+    // The inputs longest first, `batch_size` a forward (little padding, bounded logits).
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&u| std::cmp::Reverse(inputs[u].len()));
+    let mut scores = Vec::with_capacity(requests.len());
+    for part in order.chunks(batch_size.max(1)) {
+        let mut rows = cache.select_rows(&part.iter().map(|&u| row_group[u]).collect::<Vec<_>>())?;
+        let seqs: Vec<Vec<u32>> = part.iter().map(|&u| inputs[u].clone()).collect();
+        let batch = PaddedBatch::new(&seqs, pad_id, Padding::Right, device)?;
+        let width = batch.ids.dim(1)?;
+        let positions: Vec<u32> = part
+            .iter()
+            .flat_map(|&u| {
+                let s = starts[u];
+                (0..width as u32).map(move |t| s + t)
+            })
+            .collect();
+        let positions = Tensor::from_vec(positions, (part.len(), width), device)?;
+        let hidden = model.forward_hidden(&batch.ids, &positions, &batch.valid, Some(&mut rows), &opts)?.flatten_to(1)?;
+        let at: Vec<(usize, usize)> = part.iter().enumerate().flat_map(|(b, &u)| readers[u].iter().map(move |&i| (i, b * width))).collect();
+        scores.extend(read_scores(model, &hidden, requests, &at)?);
+    }
+    Ok(scores)
 }
 
 /// Scores the requests without a cache (`prefix` = 0) or after `cached`, which holds their
@@ -158,32 +224,49 @@ fn score_after_cache(
             None => model.forward_hidden(&batch.ids, &batch.positions, &batch.valid, None, &opts)?,
         };
         let hidden = hidden.flatten_to(1)?;
-        let mut rows = Vec::new();
-        let mut targets = Vec::new();
-        for (b, &u) in chunk.iter().enumerate() {
-            for &i in &readers[u] {
-                let (c, k) = &requests[i];
-                for (j, &tok) in k.iter().enumerate() {
-                    rows.push((b * width + c.len() - prefix - 1 + j) as u32);
-                    targets.push(tok);
-                }
-            }
-        }
-        let picked = hidden.index_select(&Tensor::new(rows.as_slice(), &model.device)?, 0)?;
-        let logp = candle_nn::ops::log_softmax(&model.logits(&picked, &opts)?, 1)?;
-        let argmax: Vec<u32> = logp.argmax(1)?.to_vec1()?;
-        let target_t = Tensor::new(targets.as_slice(), &model.device)?.unsqueeze(1)?;
-        let lp: Vec<f32> = logp.gather(&target_t, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec1()?;
-        let mut at = 0;
-        for &u in chunk {
-            for &i in &readers[u] {
-                let n = requests[i].1.len();
-                let logprob = lp[at..at + n].iter().map(|&v| v as f64).sum();
-                let is_greedy = (at..at + n).all(|j| argmax[j] == targets[j]);
-                results[i] = Some(ContinuationScore { logprob, is_greedy, num_tokens: n });
-                at += n;
-            }
+        let at: Vec<(usize, usize)> = chunk
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &u)| readers[u].iter().map(move |&i| (i, b * width + requests[i].0.len() - prefix - 1)))
+            .collect();
+        for (i, s) in read_scores(model, &hidden, requests, &at)? {
+            results[i] = Some(s);
         }
     }
     Ok(results.into_iter().map(|r| r.expect("every request reads one input")).collect())
+}
+
+/// The scores of requests `(i, first)`: request `i`'s `j`-th continuation token is predicted by
+/// row `first + j` of `hidden` (`[rows, E]`).
+fn read_scores(
+    model: &CausalLm,
+    hidden: &Tensor,
+    requests: &[(Vec<u32>, Vec<u32>)],
+    at: &[(usize, usize)],
+) -> Result<Vec<(usize, ContinuationScore)>> {
+    let opts = ForwardOptions::inference();
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for &(i, first) in at {
+        for (j, &tok) in requests[i].1.iter().enumerate() {
+            rows.push((first + j) as u32);
+            targets.push(tok);
+        }
+    }
+    let picked = hidden.index_select(&Tensor::new(rows.as_slice(), &model.device)?, 0)?;
+    let logp = candle_nn::ops::log_softmax(&model.logits(&picked, &opts)?, 1)?;
+    let argmax: Vec<u32> = logp.argmax(1)?.to_vec1()?;
+    let target_t = Tensor::new(targets.as_slice(), &model.device)?.unsqueeze(1)?;
+    let lp: Vec<f32> = logp.gather(&target_t, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec1()?;
+    let mut pos = 0;
+    Ok(at
+        .iter()
+        .map(|&(i, _)| {
+            let n = requests[i].1.len();
+            let logprob = lp[pos..pos + n].iter().map(|&v| v as f64).sum();
+            let is_greedy = (pos..pos + n).all(|j| argmax[j] == targets[j]);
+            pos += n;
+            (i, ContinuationScore { logprob, is_greedy, num_tokens: n })
+        })
+        .collect())
 }
