@@ -61,9 +61,7 @@ use crate::eval::generation::{conversation, stop_token_ids, PromptFormat};
 use crate::eval::judge::{Judge, JudgeEnv};
 use crate::model::chat::ChatFormat;
 use crate::model::generate::FinishReason;
-use crate::model::{
-    generate, CausalLm, ForwardOptions, GenerationConfig, LoadedModel, ModelError, TextTokenizer,
-};
+use crate::model::{generate, CausalLm, ForwardOptions, GenerationConfig, LoadedModel, ModelError, TextTokenizer};
 use crate::plan::ParamError;
 use crate::spec::StageKind;
 use crate::stage::{AdapterMode, Metrics, StageContext, StageError};
