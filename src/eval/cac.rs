@@ -161,9 +161,9 @@ impl CacSpec {
         Ok(text.to_string())
     }
 
-    /// Checks values the types do not express: (key, message).
-    pub fn check(&self) -> std::result::Result<(), (String, String)> {
-        self.check_question()?;
+    /// Checks values the types do not express: (key, message); the check question when valid.
+    pub fn check(&self) -> std::result::Result<String, (String, String)> {
+        let question = self.check_question()?;
         let rounds = self.rounds();
         if rounds == 0 {
             return Err(("rounds".into(), "must be at least 1".into()));
@@ -203,15 +203,14 @@ impl CacSpec {
         if self.critic == Critic::GroundTruth && self.check_prefill.is_some() {
             return Err(("check_prefill".into(), "the ground-truth critic writes the whole verdict: no prefill".into()));
         }
-        Ok(())
+        Ok(question)
     }
 
     /// The strategy, with the metric's grader for the ground-truth critic; a spec that
     /// [`Self::check`] refuses is refused here too, with its key.
     pub fn build(&self, grader: Option<Oracle>) -> Result<Box<dyn Strategy>> {
         let refused = |(key, message): (String, String)| ModelError::Input(format!("strategy: `{key}` {message}"));
-        self.check().map_err(refused)?;
-        let check = self.check_question().map_err(refused)?;
+        let check = self.check().map_err(refused)?;
         if self.variant() == CacVariant::Diverse {
             let history = demos().self_demos[..2 * self.rounds()].to_vec();
             return Ok(Box::new(Demonstrations { name: "cac", history, max_new_tokens: self.final_tokens }));

@@ -302,7 +302,7 @@ impl StrategySpec {
                 }
                 Ok(())
             }
-            Self::Cac(spec) => spec.check(),
+            Self::Cac(spec) => spec.check().map(|_| ()),
         }
     }
 

@@ -72,7 +72,7 @@ pub fn score_continuations_shared_prefix(
     }
     // A context of several requests with tokens of its own past the prefix is run once for them;
     // the rest are scored whole after the common prefix.
-    let (cached, loose): (Vec<&Vec<usize>>, Vec<&Vec<usize>>) =
+    let (mut cached, loose): (Vec<&Vec<usize>>, Vec<&Vec<usize>>) =
         groups.iter().partition(|g| g.len() > 1 && requests[g[0]].0.len() > prefix + 1);
     let mut results: Vec<Option<ContinuationScore>> = vec![None; requests.len()];
     let loose: Vec<usize> = loose.into_iter().flatten().copied().collect();
@@ -83,7 +83,6 @@ pub fn score_continuations_shared_prefix(
         }
     }
     // Longest first, so that the groups batched together pad little (as the loose inputs).
-    let mut cached = cached;
     cached.sort_by_key(|g| std::cmp::Reverse(requests[g[0]].0.len() + g.iter().map(|&i| requests[i].1.len()).max().unwrap_or(0)));
     for chunk in cached.chunks(batch_size.max(1)) {
         for (i, s) in score_group_chunk(model, requests, chunk, batch_size, pad_id, base.as_ref(), prefix)? {
@@ -132,7 +131,13 @@ fn score_group_chunk(
     let opts = ForwardOptions::inference();
     let device = &model.device;
     let context = |g: &Vec<usize>| requests[g[0]].0.as_slice();
-    let own: Vec<Vec<u32>> = groups.iter().map(|g| context(g)[prefix..context(g).len() - 1].to_vec()).collect();
+    let own: Vec<Vec<u32>> = groups
+        .iter()
+        .map(|g| {
+            let c = context(g);
+            c[prefix..c.len() - 1].to_vec()
+        })
+        .collect();
     let mut cache = match base {
         Some(b) => b.repeat(groups.len())?,
         None => KvCache::new(model.num_layers(), groups.len()),
