@@ -60,6 +60,7 @@ use crate::data::{Instruction, Items, Prompt, Template};
 use crate::eval::generation::{conversation, stop_token_ids, PromptFormat};
 use crate::eval::judge::{Judge, JudgeEnv};
 use crate::model::chat::ChatFormat;
+use crate::model::frozen::frozen_matmul;
 use crate::model::generate::FinishReason;
 use crate::model::{generate, CausalLm, ForwardOptions, GenerationConfig, LoadedModel, ModelError, TextTokenizer};
 use crate::plan::ParamError;
@@ -394,7 +395,7 @@ pub fn mixture_loss(model: &CausalLm, prompt: &AttackPrompt, mix: &Tensor) -> Mo
     let table = model.token_embeddings();
     let rows = |ids: &[u32]| -> ModelResult<Tensor> { Ok(table.index_select(&Tensor::new(ids, dev)?, 0)?) };
     let rest = [prompt.after.as_slice(), &prompt.target].concat();
-    let x = Tensor::cat(&[rows(&prompt.before)?, mix.matmul(table)?, rows(&rest)?], 0)?.unsqueeze(0)?;
+    let x = Tensor::cat(&[rows(&prompt.before)?, frozen_matmul(mix, table)?, rows(&rest)?], 0)?.unsqueeze(0)?;
     let t = x.dim(1)?;
     let positions = Tensor::arange(0u32, t as u32, dev)?.unsqueeze(0)?;
     let x = model.embed_vectors(x, &positions, &opts)?;

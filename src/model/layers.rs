@@ -2,6 +2,7 @@
 //! differentiable form: candle's fused rms_norm, softmax_last_dim and rope record no backward op,
 //! so training must not use them (see docs/ARCHITECTURE.md).
 
+use super::frozen::frozen_linear;
 use candle_core::{DType, Module, Tensor, Var, D};
 use rand::Rng;
 use std::cell::RefCell;
@@ -124,7 +125,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, opts: &ForwardOptions) -> candle_core::Result<Tensor> {
-        let base = candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)?;
+        let base = self.base(x)?;
         let Some(lora) = &self.lora else { return Ok(base) };
         let (a, b) = match opts.adapters {
             Adapters::Live => (lora.a.as_tensor(), lora.b.as_tensor()),
@@ -142,6 +143,19 @@ impl Linear {
         let delta = xf.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
         let delta = (delta * lora.scale)?.to_dtype(base.dtype())?;
         base + delta
+    }
+
+    /// `x W^T + b`. A frozen weight (not a `Var`) under an input that carries gradients goes
+    /// through [`frozen_linear`], whose backward skips the weight's gradient.
+    fn base(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.weight.is_variable() || !x.track_op() {
+            return candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x);
+        }
+        let y = frozen_linear(x, &self.weight)?;
+        match &self.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
     }
 
     /// Folds the adapter into the weight (`W += scale * B A`) and removes it.
