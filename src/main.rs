@@ -13,6 +13,9 @@ fn main() {
     // A stage's stderr is its log file: it logs at info level by default.
     let verbose = if matches!(args.command, cli::Command::Exec { .. }) { args.verbose.max(1) } else { args.verbose };
     cli::init_logging(verbose);
+    if matches!(args.command, cli::Command::Exec { .. } | cli::Command::Generate(_) | cli::Command::Bench(_)) {
+        fix_thread_count();
+    }
     if let Err(e) = cli::dispatch(args) {
         eprintln!("error: {e:#}");
         std::process::exit(cli::exit_code(&e));
@@ -26,6 +29,18 @@ fn restore_sigpipe() {
     // SAFETY: resets one signal's disposition before any other thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// candle looks up its thread count before every matrix product; unless `RAYON_NUM_THREADS` is
+/// set, that reads and parses /proc/cpuinfo each time (4% of a generation step in `perf`). The
+/// processes that compute set it once, to the count candle would find. `runner run` does not:
+/// its scheduler reads a `RAYON_NUM_THREADS` of its own environment as the user's choice.
+fn fix_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        // Before any thread that reads the environment is started (logging has none).
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
 

@@ -2,6 +2,7 @@
 //! differentiable form: candle's fused rms_norm, softmax_last_dim and rope record no backward op,
 //! so training must not use them (see docs/ARCHITECTURE.md).
 
+use super::few_rows::few_rows_linear;
 use super::frozen::frozen_linear;
 use candle_core::{DType, Module, Tensor, Var, D};
 use rand::Rng;
@@ -147,11 +148,17 @@ impl Linear {
 
     /// `x W^T + b`. A frozen weight (not a `Var`) under an input that carries gradients goes
     /// through [`frozen_linear`], whose backward skips the weight's gradient.
+    /// A product nobody differentiates with only a few rows (a generation step) reads the weight
+    /// once in place ([`few_rows_linear`]) instead of through `gemm`.
     fn base(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.weight.is_variable() || !x.track_op() {
-            return candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x);
-        }
-        let y = frozen_linear(x, &self.weight)?;
+        let untracked = !x.track_op() && !self.weight.track_op();
+        let y = match untracked.then(|| few_rows_linear(x, &self.weight)).transpose()?.flatten() {
+            Some(y) => y,
+            None if self.weight.is_variable() || !x.track_op() => {
+                return candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
+            }
+            None => frozen_linear(x, &self.weight)?,
+        };
         match &self.bias {
             Some(bias) => y.broadcast_add(bias),
             None => Ok(y),

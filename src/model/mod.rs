@@ -9,6 +9,7 @@ pub mod classify;
 pub mod config;
 pub mod decoder;
 mod error;
+pub mod few_rows;
 pub mod frozen;
 pub mod generate;
 pub mod gguf;
