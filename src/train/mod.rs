@@ -5,6 +5,7 @@
 pub mod batches;
 pub mod checkpoint;
 pub mod classify;
+pub mod cross_entropy;
 pub mod grads;
 pub mod loss;
 pub mod optim;
