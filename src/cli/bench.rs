@@ -144,21 +144,31 @@ fn train(a: TrainBench) -> anyhow::Result<()> {
     let seqs: Vec<Vec<u32>> = (0..c.batch).map(|_| random_ids(&mut rng, m.config.vocab_size, a.seq_len)).collect();
     let batch = TrainBatch::with_prompt_masked(seqs, &vec![0; c.batch]);
     let opts = ForwardOptions::training(None);
-    let mut step = || -> anyhow::Result<f32> {
+    // One step: its loss, the time it took, and (when asked, not timed) the gradients' norm.
+    let mut step = |with_norm: bool| -> anyhow::Result<(f32, f64, Option<f64>)> {
+        let start = Instant::now();
         let loss = lm_loss(m, &batch, &opts)?;
         let grads = Gradients::of(&loss, &params)?;
+        let mut secs = start.elapsed().as_secs_f64();
+        let norm = if with_norm { Some(grads.global_norm()?) } else { None };
+        let resume = Instant::now();
         opt.step(&params, &grads, 1e-5)?;
-        Ok(loss.to_scalar::<f32>()?)
+        let loss = loss.to_scalar::<f32>()?;
+        secs += resume.elapsed().as_secs_f64();
+        Ok((loss, secs, norm))
     };
-    step()?;
-    let start = Instant::now();
-    for _ in 0..c.repeats {
-        step()?;
+    step(false)?;
+    let (mut secs, mut last) = (0.0, (0.0, None));
+    for i in 0..c.repeats {
+        let (loss, took, norm) = step(i + 1 == c.repeats)?;
+        secs += took;
+        last = (loss, norm);
     }
-    let secs = start.elapsed().as_secs_f64();
     let tokens = (c.batch * a.seq_len * c.repeats) as f64;
+    // The last step's loss and gradient norm, printed exactly, tell whether two builds compute
+    // the same steps.
     println!(
-        "bench train: model={} device={:?} dtype={:?} batch={} seq_len={} lora_r={} steps={} time={:.3}s step={:.3}s tokens/s={:.1}",
+        "bench train: model={} device={:?} dtype={:?} batch={} seq_len={} lora_r={} steps={} time={:.3}s step={:.3}s tokens/s={:.1} last_loss={:?} last_grad_norm={:?}",
         c.model,
         c.device,
         c.dtype,
@@ -168,7 +178,9 @@ fn train(a: TrainBench) -> anyhow::Result<()> {
         c.repeats,
         secs,
         secs / c.repeats as f64,
-        tokens / secs
+        tokens / secs,
+        last.0,
+        last.1.unwrap_or(f64::NAN)
     );
     Ok(())
 }

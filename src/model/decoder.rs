@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use super::cache::{causal_padding_mask, KvCache};
 use super::config::ModelConfig;
 use super::layers::{activation, attention, layer_norm, rms_norm, ForwardOptions, HookPoint, Linear, RotaryAngles};
+use super::swiglu::silu_mul;
 use super::{ModelError, Result};
 
 /// OPT's position table starts two rows in (a fairseq leftover: rows 0 and 1 were reserved for
@@ -121,7 +122,7 @@ impl Block {
             }
         };
         let (q, k) = match &shared.rotary {
-            Some(rot) => (rot.apply(&q)?, rot.apply(&k)?),
+            Some(rot) => (rot.apply(&q, opts)?, rot.apply(&k, opts)?),
             None => (q, k),
         };
         let (k, v) = match cache {
@@ -140,8 +141,13 @@ impl Block {
     fn feed_forward(&self, c: &ModelConfig, i: usize, inp: &Tensor, opts: &ForwardOptions) -> candle_core::Result<Tensor> {
         let y = match &self.mlp {
             Mlp::Gated { gate, up, down } => {
-                let g = activation(&c.hidden_act, &gate.forward(inp, opts)?)?;
-                down.forward(&(g * up.forward(inp, opts)?)?, opts)?
+                let g = gate.forward(inp, opts)?;
+                let u = up.forward(inp, opts)?;
+                let h = match c.hidden_act.as_str() {
+                    "silu" | "swish" if !opts.elementary => silu_mul(&g, &u)?,
+                    act => (activation(act, &g)? * u)?,
+                };
+                down.forward(&h, opts)?
             }
             Mlp::Plain { fc_in, fc_out } => fc_out.forward(&activation(&c.hidden_act, &fc_in.forward(inp, opts)?)?, opts)?,
         };

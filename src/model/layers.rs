@@ -1,9 +1,15 @@
 //! Building blocks of the decoders. Each op has an inference form (fused candle kernels) and a
 //! differentiable form: candle's fused rms_norm, softmax_last_dim and rope record no backward op,
-//! so training must not use them (see docs/ARCHITECTURE.md).
+//! so training must not use them (see docs/ARCHITECTURE.md). On the CPU in float32 the
+//! differentiable RMSNorm, attention softmax, rotary and SwiGLU are this crate's fused ops with
+//! their own backward, which compute the elementary ops' bits (`ForwardOptions::elementary`
+//! turns them off, for the tests that check it).
 
+use super::attention_softmax::scaled_masked_softmax;
 use super::few_rows::few_rows_linear;
 use super::frozen::frozen_linear;
+use super::rms_norm::rms_norm as fused_rms_norm;
+use super::rotary::rotate_half;
 use candle_core::{DType, Module, Tensor, Var, D};
 use rand::Rng;
 use std::cell::RefCell;
@@ -51,19 +57,26 @@ pub struct ForwardOptions<'a> {
     /// Source of LoRA dropout masks; `None` disables dropout (evaluation).
     pub dropout_rng: Option<&'a RefCell<DropoutRng>>,
     pub hook: Option<&'a dyn HiddenHook>,
+    /// Compose every op from candle's elementary ops, bypassing this crate's fused ops (which
+    /// compute the same bits); for the tests that check that they do.
+    pub elementary: bool,
 }
 
 impl<'a> ForwardOptions<'a> {
     /// Inference: fused kernels, adapters on, no dropout.
     pub fn inference() -> Self {
-        Self { differentiable: false, adapters: Adapters::Live, dropout_rng: None, hook: None }
+        Self { differentiable: false, adapters: Adapters::Live, dropout_rng: None, hook: None, elementary: false }
     }
     /// Training: differentiable ops, adapters on; dropout when an rng is given.
     pub fn training(dropout_rng: Option<&'a RefCell<DropoutRng>>) -> Self {
-        Self { differentiable: true, adapters: Adapters::Live, dropout_rng, hook: None }
+        Self { differentiable: true, adapters: Adapters::Live, dropout_rng, hook: None, elementary: false }
     }
     pub fn with_hook(mut self, hook: &'a dyn HiddenHook) -> Self {
         self.hook = Some(hook);
+        self
+    }
+    pub fn elementary(mut self) -> Self {
+        self.elementary = true;
         self
     }
     pub fn without_adapters(mut self) -> Self {
@@ -189,6 +202,11 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, opts: &ForwardOptions) ->
     if !opts.differentiable {
         return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
     }
+    if !opts.elementary {
+        if let Some(normed) = fused_rms_norm(x, weight, eps)? {
+            return Ok(normed);
+        }
+    }
     let dtype = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -235,7 +253,12 @@ impl RotaryAngles {
     }
 
     /// HF's `rotate_half` rotary on the first `2*half` dims of `x: [B, H, T, D]`; the rest pass.
-    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn apply(&self, x: &Tensor, opts: &ForwardOptions) -> candle_core::Result<Tensor> {
+        if !opts.elementary {
+            if let Some(rotated) = rotate_half(x, &self.cos, &self.sin)? {
+                return Ok(rotated);
+            }
+        }
         let d = x.dim(D::Minus1)?;
         let half = self.cos.dim(D::Minus1)?;
         let x1 = x.narrow(D::Minus1, 0, half)?;
@@ -259,10 +282,22 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, opts: &Forwa
     // Grouped-query attention: fold the query heads of one group into the sequence axis so that
     // each group attends to its key/value head without copying keys and values.
     let q = q.reshape((b, kv, groups * t, d))?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-    let scores = scores.reshape((b, h, t, k.dim(2)?))?;
-    let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
-    let probs = softmax(&scores, opts)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = q.matmul(&k.t()?)?;
+    let mask = mask.to_dtype(scores.dtype())?;
+    // Inference keeps candle's fused softmax (no backward, its own rounding).
+    let fused = if opts.differentiable && !opts.elementary {
+        scaled_masked_softmax(&scores.reshape((b, h, t, k.dim(2)?))?, &mask, scale)?
+    } else {
+        None
+    };
+    let probs = match fused {
+        Some(probs) => probs,
+        None => {
+            let scores = (scores * scale)?.reshape((b, h, t, k.dim(2)?))?;
+            softmax(&scores.broadcast_add(&mask)?, opts)?
+        }
+    };
     let probs = probs.reshape((b, kv, groups * t, k.dim(2)?))?;
     probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))
 }

@@ -2,11 +2,13 @@
 //! chat templates, the decoder with LoRA, sequence-classification heads, KV-cached generation
 //! and continuation scoring.
 
+pub mod attention_softmax;
 pub mod batch;
 pub mod cache;
 pub mod chat;
 pub mod classify;
 pub mod config;
+mod cpu_op;
 pub mod decoder;
 mod error;
 pub mod few_rows;
@@ -17,7 +19,11 @@ pub mod gguf_tokenizer;
 pub mod hub;
 pub mod layers;
 pub mod lora;
+pub mod rms_norm;
+pub mod rotary;
+pub(crate) mod row_sum;
 pub mod score;
+pub mod swiglu;
 pub mod tokenizer;
 pub mod weights;
 
