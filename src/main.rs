@@ -41,7 +41,7 @@ fn restore_sigpipe() {
 /// pauses by default, 1,000 here) unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set: the matrix
 /// products run on rayon's threads, and a candle worker still spinning after an element-wise op
 /// takes a core from them (15% of the CPU samples of a SmolLM2 LoRA step on 2 cores in `perf`;
-/// 1,000 measured 17% faster there, README, Benchmarks).
+/// 1,000 measured 17% faster there, docs/performance.md).
 fn fix_thread_count() {
     // Before any thread that reads the environment is started (logging has none).
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {

@@ -15,8 +15,6 @@ use std::sync::Mutex;
 
 /// Rows per unit of work on candle's thread pool.
 const ROWS_PER_CHUNK: usize = 64;
-/// Below this many elements one thread is faster than waking the pool.
-const PARALLEL_MIN: usize = 64 * 1024;
 
 /// `softmax(scores * scale + mask)` for `scores: [B, H, T, S]` and an additive `mask: [B, 1, T, S]`
 /// shared by the heads; `None` where this op does not apply (not float32 on the CPU, other
@@ -102,8 +100,8 @@ impl CustomOp2 for ScaledMaskedSoftmax {
         let k = rows.keys;
         let mut out = vec![0f32; rows.rows * k];
         let mut stats = vec![(0f32, 0f32); rows.rows];
-        let (shared_out, shared_stats) = (SharedOut::new(&mut out), SharedStats(stats.as_mut_ptr() as usize));
-        for_chunks(rows.rows, ROWS_PER_CHUNK, PARALLEL_MIN / k.max(1), |range| {
+        let (shared_out, shared_stats) = (SharedOut::new(&mut out), SharedOut::new(&mut stats));
+        for_chunks(rows.rows, ROWS_PER_CHUNK, k, |range| {
             for r in range {
                 // SAFETY: each row belongs to one chunk; `out` outlives the call.
                 let y = unsafe { shared_out.slice(r * k..(r + 1) * k) };
@@ -118,7 +116,7 @@ impl CustomOp2 for ScaledMaskedSoftmax {
                     *v /= sum;
                 }
                 // SAFETY: as above, one writer per row.
-                unsafe { *(shared_stats.0 as *mut (f32, f32)).add(r) = (max, sum) };
+                unsafe { shared_stats.slice(r..r + 1)[0] = (max, sum) };
             }
         });
         *self.row_stats.lock().expect("row stats lock") = stats;
@@ -143,7 +141,7 @@ impl CustomOp2 for ScaledMaskedSoftmax {
             let k = rows.keys;
             let mut d_scores = vec![0f32; rows.rows * k];
             let shared = SharedOut::new(&mut d_scores);
-            for_chunks(rows.rows, ROWS_PER_CHUNK, PARALLEL_MIN / k.max(1), |range| {
+            for_chunks(rows.rows, ROWS_PER_CHUNK, k, |range| {
                 let mut e = vec![0f32; k];
                 let mut to_sum = vec![0f32; k];
                 for r in range {
@@ -172,9 +170,6 @@ impl CustomOp2 for ScaledMaskedSoftmax {
         })
     }
 }
-
-/// The per-row statistics buffer, written by one thread per row.
-struct SharedStats(usize);
 
 #[cfg(test)]
 mod tests {

@@ -28,10 +28,14 @@ pub(crate) fn with_f32_values<const N: usize, R>(tensors: [&Tensor; N], op: &str
     f(values)
 }
 
-/// Runs `f` over `0..n_items` in chunks of `chunk` items, on candle's thread pool when there are
-/// at least `parallel_min` items (below that, waking the pool costs more than it saves).
-pub(crate) fn for_chunks(n_items: usize, chunk: usize, parallel_min: usize, f: impl Fn(Range<usize>) + Sync) {
-    if n_items < parallel_min {
+/// Below this many elements one thread is faster than waking candle's pool (candle's own
+/// element-wise ops use the same threshold).
+const PARALLEL_MIN_ELEMENTS: usize = 64 * 1024;
+
+/// Runs `f` over `0..n_items` (each `item_len` elements) in chunks of `chunk` items, on candle's
+/// thread pool when the work is large enough to pay for waking it.
+pub(crate) fn for_chunks(n_items: usize, chunk: usize, item_len: usize, f: impl Fn(Range<usize>) + Sync) {
+    if n_items.saturating_mul(item_len) < PARALLEL_MIN_ELEMENTS {
         f(0..n_items);
         return;
     }
@@ -43,15 +47,16 @@ pub(crate) fn for_chunks(n_items: usize, chunk: usize, parallel_min: usize, f: i
     });
 }
 
-/// A float buffer that chunks running on several threads write to, each its own range.
-pub(crate) struct SharedOut {
+/// A buffer that chunks running on several threads write to, each its own range.
+pub(crate) struct SharedOut<T> {
     ptr: usize,
     len: usize,
+    _values: std::marker::PhantomData<T>,
 }
 
-impl SharedOut {
-    pub(crate) fn new(buffer: &mut [f32]) -> Self {
-        Self { ptr: buffer.as_mut_ptr() as usize, len: buffer.len() }
+impl<T> SharedOut<T> {
+    pub(crate) fn new(buffer: &mut [T]) -> Self {
+        Self { ptr: buffer.as_mut_ptr() as usize, len: buffer.len(), _values: std::marker::PhantomData }
     }
 
     /// The elements `range` of the buffer.
@@ -59,10 +64,10 @@ impl SharedOut {
     /// # Safety
     /// The buffer outlives every use, and no two live slices overlap.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, range: Range<usize>) -> &mut [f32] {
+    pub(crate) unsafe fn slice(&self, range: Range<usize>) -> &mut [T] {
         assert!(range.end <= self.len, "range past the buffer");
         // SAFETY: in bounds (asserted); the caller guarantees exclusivity and lifetime.
-        unsafe { std::slice::from_raw_parts_mut((self.ptr as *mut f32).add(range.start), range.len()) }
+        unsafe { std::slice::from_raw_parts_mut((self.ptr as *mut T).add(range.start), range.len()) }
     }
 }
 
@@ -92,7 +97,7 @@ mod tests {
         for n in [0, 5, 1000, 70_000] {
             let mut out = vec![0f32; n];
             let shared = SharedOut::new(&mut out);
-            for_chunks(n, 4096, 64 * 1024, |range| {
+            for_chunks(n, 4096, 1, |range| {
                 // SAFETY: chunks are disjoint and `out` outlives the call.
                 for v in unsafe { shared.slice(range) } {
                     *v += 1.0;

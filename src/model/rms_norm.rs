@@ -16,8 +16,6 @@ use std::sync::Mutex;
 
 /// Rows per unit of work on candle's thread pool.
 const ROWS_PER_CHUNK: usize = 16;
-/// Below this many elements one thread is faster than waking the pool.
-const PARALLEL_MIN: usize = 64 * 1024;
 
 /// RMSNorm of a contiguous float32 CPU `x` with `weight: [hidden]`; `None` where this op does not
 /// apply, for the caller to use the elementary ops.
@@ -76,7 +74,7 @@ impl CustomOp3 for RmsNorm {
         let mut out = vec![0f32; x.len()];
         let mut denominators = vec![0f32; rows];
         let (shared_out, shared_d) = (SharedOut::new(&mut out), SharedOut::new(&mut denominators));
-        for_chunks(rows, ROWS_PER_CHUNK, PARALLEL_MIN / h.max(1), |range| {
+        for_chunks(rows, ROWS_PER_CHUNK, h, |range| {
             for r in range {
                 // SAFETY: each row belongs to one chunk; the buffers outlive the call.
                 let y = unsafe { shared_out.slice(r * h..(r + 1) * h) };
@@ -122,7 +120,7 @@ impl CustomOp3 for RmsNorm {
             let sized = |want: bool| if want { vec![0f32; n] } else { Vec::new() };
             let (mut via_div, mut via_sqr, mut for_weight) = (sized(want_x), sized(want_x), sized(want_w));
             let (div_out, sqr_out, w_out) = (SharedOut::new(&mut via_div), SharedOut::new(&mut via_sqr), SharedOut::new(&mut for_weight));
-            for_chunks(rows, ROWS_PER_CHUNK, PARALLEL_MIN / h.max(1), |range| {
+            for_chunks(rows, ROWS_PER_CHUNK, h, |range| {
                 let mut to_sum = vec![0f32; h];
                 for r in range {
                     let d = denominators[r];

@@ -11,8 +11,6 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// Rows (positions of one head) per unit of work on candle's thread pool.
 const ROWS_PER_CHUNK: usize = 128;
-/// Below this many elements one thread is faster than waking the pool.
-const PARALLEL_MIN: usize = 64 * 1024;
 
 /// Rotates the first `2 * half` features of `x: [B, H, T, D]` by the angles whose `cos, sin:
 /// [B, 1, T, half]` are given; the remaining features pass. `None` where this op does not apply
@@ -74,7 +72,7 @@ impl CustomOp3 for RotateHalf {
         let (d, half) = (rows.width, self.half);
         let mut out = vec![0f32; x.len()];
         let shared = SharedOut::new(&mut out);
-        for_chunks(rows.rows, ROWS_PER_CHUNK, PARALLEL_MIN / d.max(1), |range| {
+        for_chunks(rows.rows, ROWS_PER_CHUNK, d, |range| {
             for r in range {
                 // SAFETY: each row belongs to one chunk; `out` outlives the call.
                 let y = unsafe { shared.slice(r * d..(r + 1) * d) };
@@ -112,7 +110,7 @@ impl CustomOp3 for RotateHalf {
             let (d, half) = (rows.width, self.half);
             let mut dx = vec![0f32; g.len()];
             let shared = SharedOut::new(&mut dx);
-            for_chunks(rows.rows, ROWS_PER_CHUNK, PARALLEL_MIN / d.max(1), |range| {
+            for_chunks(rows.rows, ROWS_PER_CHUNK, d, |range| {
                 for r in range {
                     // SAFETY: each row belongs to one chunk; `dx` outlives the call.
                     let dx = unsafe { shared.slice(r * d..(r + 1) * d) };

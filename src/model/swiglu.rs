@@ -12,8 +12,6 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// Elements per unit of work handed to candle's thread pool (as its element-wise ops do).
 const CHUNK: usize = 16 * 1024;
-/// Below this many elements one thread is faster than waking the pool.
-const PARALLEL_MIN: usize = 64 * 1024;
 
 /// `silu(gate) * up`, recording a backward for whichever input tracks a gradient.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -46,7 +44,7 @@ impl CustomOp2 for SiluMul {
         let up = contiguous_f32(s2, l2, "silu-mul")?;
         let mut out = vec![0f32; gate.len()];
         let shared = SharedOut::new(&mut out);
-        for_chunks(gate.len(), CHUNK, PARALLEL_MIN, |range| {
+        for_chunks(gate.len(), CHUNK, 1, |range| {
             // SAFETY: chunks are disjoint; `out` outlives the call.
             let out = unsafe { shared.slice(range.clone()) };
             for ((o, &g), &u) in out.iter_mut().zip(&gate[range.clone()]).zip(&up[range]) {
@@ -71,7 +69,7 @@ impl CustomOp2 for SiluMul {
             let mut d_gate = if want_gate { vec![0f32; n] } else { Vec::new() };
             let mut d_up = if want_up { vec![0f32; n] } else { Vec::new() };
             let (gate_out, up_out) = (SharedOut::new(&mut d_gate), SharedOut::new(&mut d_up));
-            for_chunks(n, CHUNK, PARALLEL_MIN, |range| {
+            for_chunks(n, CHUNK, 1, |range| {
                 let (g, u, r) = (&g[range.clone()], &u[range.clone()], &r[range.clone()]);
                 // SAFETY: chunks are disjoint; the buffers outlive the call. An unwanted gradient's
                 // buffer is empty and never sliced.
