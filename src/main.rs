@@ -13,10 +13,12 @@ fn main() {
     // A stage's stderr is its log file: it logs at info level by default.
     let verbose = if matches!(args.command, cli::Command::Exec { .. }) { args.verbose.max(1) } else { args.verbose };
     cli::init_logging(verbose);
-    if matches!(args.command, cli::Command::Exec { .. } | cli::Command::Generate(_) | cli::Command::Bench(_)) {
+    let computes = matches!(args.command, cli::Command::Exec { .. } | cli::Command::Generate(_) | cli::Command::Bench(_));
+    if computes {
         fix_thread_count();
     }
-    if let Err(e) = cli::dispatch(args) {
+    let result = if computes { on_rayon_worker(|| cli::dispatch(args)) } else { cli::dispatch(args) };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(cli::exit_code(&e));
     }
@@ -50,6 +52,18 @@ fn fix_thread_count() {
     }
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
+    }
+}
+
+/// Runs `work` on a thread of rayon's pool, which then does the matrix products' first share
+/// itself. From any other thread, each product (`gemm` splits it over rayon) parks the caller
+/// and wakes it at the end: two context switches per product, a few thousand per training step.
+fn on_rayon_worker<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    // candle's backward walks the graph recursively: the main thread's 8 MiB, not rayon's 2.
+    let built = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global();
+    match built {
+        Ok(()) => rayon::scope(|_| work()),
+        Err(_) => work(),
     }
 }
 

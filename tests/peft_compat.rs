@@ -58,8 +58,12 @@ fn trained_adapters_match_the_fixture_peft_checks() {
         assert_eq!(saved.len(), params.len(), "{name}: tensor count");
         for (key, var) in params {
             let theirs = saved.get(&key).unwrap_or_else(|| panic!("{name}: fixture lacks {key}"));
+            // Two AdamW steps of 1e-2 move each weight by up to 0.02. AdamW divides by the
+            // gradient's RMS, which magnifies the last-bit differences between gemm's AVX2 and
+            // AVX-512 kernels (picked by CPU) for gradients near zero: measured up to 3.6e-6
+            // between the two (2026-12-02), so the bound is 1e-5, half a thousandth of a step.
             let diff = max_abs_diff(&flat(var.as_tensor()), &flat(theirs));
-            assert!(diff <= 1e-6, "{name}: {key} differs from the fixture by {diff}");
+            assert!(diff <= 1e-5, "{name}: {key} differs from the fixture by {diff}");
         }
         let recorded = floats(&read_json(&fixture.join("runner_logits.json"))["logits"]);
         assert!(max_abs_diff(&logits, &recorded) <= 1e-5, "{name}: logits differ from the recorded ones");
