@@ -60,10 +60,13 @@ fn fix_thread_count() {
 /// and wakes it at the end: two context switches per product, a few thousand per training step.
 fn on_rayon_worker<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     // candle's backward walks the graph recursively: the main thread's 8 MiB, not rayon's 2.
-    let built = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global();
-    match built {
+    match rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global() {
         Ok(()) => rayon::scope(|_| work()),
-        Err(_) => work(),
+        // Only if something started rayon's pool first: the work still runs, just slower.
+        Err(e) => {
+            tracing::warn!("rayon's pool was already started ({e}); matrix products park the main thread");
+            work()
+        }
     }
 }
 
