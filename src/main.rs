@@ -73,7 +73,13 @@ fn on_rayon_worker<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 /// candle allocates a new buffer for every tensor op. glibc serves large ones with mmap and hands
 /// them back to the kernel on free, so every training step page-faults and zeroes them again
 /// (about a fifth of a step in `perf`). Keeping freed memory in the heap makes LoRA training 1.4x
-/// faster on CPU (README, Benchmarks). glibc's `MALLOC_*_` variables, when set, take precedence.
+/// faster on CPU (README, Benchmarks). glibc's `MALLOC_*` variables, when set, take precedence.
+///
+/// The thresholds hold only for glibc's main arena: a thread other than the main one (the rayon
+/// worker the compute runs on, [`on_rayon_worker`]) gets an arena of its own, whose blocks above
+/// 64 MiB are always mmapped, so every step of full fine-tuning page-faulted 2.2 GB afresh (AdamW's
+/// temporaries for the embedding table). One arena for all threads keeps those in the heap too:
+/// full fine-tuning of SmolLM2 1.5x faster (docs/performance.md).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() && std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
@@ -82,6 +88,13 @@ fn keep_freed_memory() {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
             libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             libc::mallopt(libc::M_TOP_PAD, 1 << 29);
+        }
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: as above.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

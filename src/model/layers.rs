@@ -159,15 +159,16 @@ impl Linear {
         base + delta
     }
 
-    /// `x W^T + b`. A frozen weight (not a `Var`) under an input that carries gradients goes
-    /// through [`frozen_linear`], whose backward skips the weight's gradient.
+    /// `x W^T + b`. A frozen weight (not a `Var`) goes through [`frozen_linear`], whose backward
+    /// skips the weight's gradient and whose CPU product reads the weight in place.
     /// A product nobody differentiates with only a few rows (a generation step) reads the weight
     /// once in place ([`few_rows_linear`]) instead of through `gemm`.
     fn base(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let untracked = !x.track_op() && !self.weight.track_op();
         let y = match untracked.then(|| few_rows_linear(x, &self.weight)).transpose()?.flatten() {
             Some(y) => y,
-            None if self.weight.is_variable() || !x.track_op() => {
+            // A weight that carries gradients itself (full fine-tuning) needs candle's backward.
+            None if self.weight.is_variable() || (!x.track_op() && self.weight.track_op()) => {
                 return candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
             }
             None => frozen_linear(x, &self.weight)?,
