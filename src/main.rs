@@ -79,7 +79,7 @@ fn on_rayon_worker<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 /// worker the compute runs on, [`on_rayon_worker`]) gets an arena of its own, whose blocks above
 /// 64 MiB are always mmapped, so every step of full fine-tuning page-faulted 2.2 GB afresh (AdamW's
 /// temporaries for the embedding table). One arena for all threads keeps those in the heap too:
-/// full fine-tuning of SmolLM2 1.5x faster (docs/performance.md).
+/// full fine-tuning of SmolLM2 1.6x faster (docs/performance.md).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() && std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {

@@ -8,6 +8,8 @@
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::frozen::transpose;
+
 /// Up to this many rows the dot-product kernel beats `gemm` here (`runner bench generate`).
 pub const MAX_ROWS: usize = 8;
 
@@ -45,12 +47,7 @@ pub fn few_rows_linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Optio
             dot_rows(&xs, &w[j * k..(j + 1) * k], o);
         }
     });
-    let mut out = vec![0f32; m * n];
-    for (j, col) in out_t.chunks_exact(m).enumerate() {
-        for (i, &v) in col.iter().enumerate() {
-            out[i * n + j] = v;
-        }
-    }
+    let out = transpose(&out_t, n, m);
     let mut shape = lead.to_vec();
     shape.push(n);
     Ok(Some(Tensor::from_vec(out, shape, &Device::Cpu)?))

@@ -32,10 +32,11 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// Whether [`matmul_f32_weight_in_place`] beats `gemm`'s usual call for `m` rows of depth `k`.
 /// It saves repacking the weight (`n * k` values) and adds a transposition of the output
 /// (`m * n`), about as costly per value (0.3-0.5 ns in cache, 2-3 ns for outputs of tens of
-/// megabytes): measured on SmolLM2's and the small Llama's shapes it pays up to a quarter of the
-/// depth (a scoring batch of 44 rows on the output head: 1.3x; the 256-row training batch through
-/// `down_proj`, depth 1536: 1.3x) and loses on wide outputs of many rows (the small Llama's
-/// 512-row training batch through its 32000-token head: the step 15 % slower).
+/// megabytes). Measured with 2 threads on Zen 5 (docs/performance.md), it pays up to a quarter of
+/// the depth (`[44, 1536] x [1536, 576]`: 74.5 -> 262.9 GFLOPS before the transposition; the
+/// 256-row training batch through `down_proj`, depth 1536: 220 -> 278 with it) and loses on wide
+/// outputs of many rows (the small Llama's 512-row training batch through its 32000-token head:
+/// 380 -> 119 GFLOPS with the transposition, the training step 16-18 % slower).
 fn pays_to_read_weight_in_place(m: usize, k: usize) -> bool {
     m * 4 <= k
 }
@@ -92,7 +93,7 @@ fn matmul_f32_weight_in_place(lhs: &[f32], lhs_l: &Layout, rhs: &[f32], rhs_l: &
 /// cache line (16 floats) at a time, from a source block of 16 rows that stays in L1; writing in
 /// square tiles instead sends the tile's destination lines, a power-of-two multiple of 4 KiB apart
 /// for the output head, into one cache set (a fifth of a scoring run in `perf`).
-fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const LINE: usize = 16;
     const MIN_PARALLEL: usize = 1 << 16;
     let mut dst = vec![0f32; rows * cols];
