@@ -25,6 +25,7 @@ pub(crate) mod row_sum;
 pub mod score;
 pub mod swiglu;
 pub mod tokenizer;
+pub(crate) mod vector_exp;
 pub mod weights;
 
 pub use batch::{PaddedBatch, Padding};

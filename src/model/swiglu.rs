@@ -8,6 +8,7 @@
 //! values and gradients are the same bits (tested below): training runs do not move.
 
 use super::cpu_op::{contiguous_f32, for_chunks, with_f32_values, SharedOut};
+use super::vector_exp::exp_in_place;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// Elements per unit of work handed to candle's thread pool (as its element-wise ops do).
@@ -28,12 +29,6 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 struct SiluMul;
 
-/// candle's `Silu` for f32, written as it is.
-#[inline(always)]
-fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
-}
-
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "silu-mul"
@@ -47,8 +42,14 @@ impl CustomOp2 for SiluMul {
         for_chunks(gate.len(), CHUNK, 1, |range| {
             // SAFETY: chunks are disjoint; `out` outlives the call.
             let out = unsafe { shared.slice(range.clone()) };
-            for ((o, &g), &u) in out.iter_mut().zip(&gate[range.clone()]).zip(&up[range]) {
-                *o = silu(g) * u;
+            let (gate, up) = (&gate[range.clone()], &up[range]);
+            for (o, &g) in out.iter_mut().zip(gate) {
+                *o = -g;
+            }
+            exp_in_place(out);
+            // candle's silu, `g / (1 + exp(-g))`, times `up`.
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + *o) * u;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -75,9 +76,11 @@ impl CustomOp2 for SiluMul {
                 // buffer is empty and never sliced.
                 let d_up = if want_up { unsafe { up_out.slice(range.clone()) } } else { &mut [] };
                 let d_gate = if want_gate { unsafe { gate_out.slice(range) } } else { &mut [] };
+                // One exponential serves silu (`g / (1 + e)`) and its sigmoid (`recip(e * 1 + 1)`).
+                let mut exps: Vec<f32> = g.iter().map(|&v| -v).collect();
+                exp_in_place(&mut exps);
                 for i in 0..g.len() {
-                    // One exponential serves silu (`g / (1 + e)`) and its sigmoid (`recip(e * 1 + 1)`).
-                    let e = (-g[i]).exp();
+                    let e = exps[i];
                     let s = g[i] / (1.0 + e);
                     if want_up {
                         d_up[i] = r[i] * s;

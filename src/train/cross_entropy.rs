@@ -8,6 +8,7 @@
 //! the same bits as before: training runs do not move.
 
 use crate::model::row_sum::candle_row_sum;
+use crate::model::vector_exp::exp_in_place;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -72,7 +73,11 @@ impl CustomOp1 for RowCrossEntropy {
             let (max, sum) = stats[i];
             let q = g[i] / sum;
             for (o, &xv) in o.iter_mut().zip(row) {
-                *o = q * (xv - max).exp();
+                *o = xv - max;
+            }
+            exp_in_place(o);
+            for o in o.iter_mut() {
+                *o *= q;
             }
             let t = self.targets[i] as usize;
             o[t] += -g[i];
@@ -84,7 +89,8 @@ impl CustomOp1 for RowCrossEntropy {
 /// The row's max and `sum(exp(x - max))`, the sum in candle's order.
 fn row_stats(row: &[f32]) -> (f32, f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let shifted: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
+    let mut shifted: Vec<f32> = row.iter().map(|&x| x - max).collect();
+    exp_in_place(&mut shifted);
     (max, candle_row_sum(&shifted))
 }
 
