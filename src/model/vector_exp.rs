@@ -7,7 +7,9 @@
 //! module evaluates the same double-precision expression with the same fused operations, four
 //! doubles per instruction, so every result is the libm result and training runs do not move
 //! (an exhaustive test below compares all 2^32 inputs). Inputs outside the range where that
-//! expression applies (overflow, near-underflow, NaN, infinity) are handed to libm itself.
+//! expression applies (overflow, near-underflow, NaN, infinity) are handed to libm itself. With
+//! another libm (musl, glibc before 2.27) the values are glibc's rather than that libm's, and
+//! the exhaustive test says so by failing.
 
 /// Sets every value to its exponential, as `f32::exp` would.
 pub(crate) fn exp_in_place(values: &mut [f32]) {
