@@ -228,7 +228,10 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candl
 
 pub fn softmax(x: &Tensor, opts: &ForwardOptions) -> candle_core::Result<Tensor> {
     if !opts.differentiable {
-        return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
+        if opts.elementary {
+            return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
+        }
+        return super::softmax::softmax_last_dim(x);
     }
     // The max shift is a constant for the gradient; detaching it keeps the graph small.
     let max = x.max_keepdim(D::Minus1)?.detach();

@@ -23,6 +23,7 @@ pub mod rms_norm;
 pub mod rotary;
 pub(crate) mod row_sum;
 pub mod score;
+pub(crate) mod softmax;
 pub mod swiglu;
 pub mod tokenizer;
 pub(crate) mod vector_exp;

@@ -259,7 +259,7 @@ fn read_scores(
         }
     }
     let picked = hidden.index_select(&Tensor::new(rows.as_slice(), &model.device)?, 0)?;
-    let logp = candle_nn::ops::log_softmax(&model.logits(&picked, &opts)?, 1)?;
+    let logp = super::softmax::log_softmax_last_dim(&model.logits(&picked, &opts)?)?;
     let argmax: Vec<u32> = logp.argmax(1)?.to_vec1()?;
     let target_t = Tensor::new(targets.as_slice(), &model.device)?.unsqueeze(1)?;
     let lp: Vec<f32> = logp.gather(&target_t, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec1()?;
