@@ -2,8 +2,8 @@
 //! with the exponentials taken eight at a time (`model::vector_exp`).
 //!
 //! candle's `softmax_last_dim` calls libm once per value, and `log_softmax` is five elementary
-//! ops, each a tensor the size of the logits: over SmolLM2's 49,152-token vocabulary that is most
-//! of scoring's work outside the products. These ops compute every value with the same float32
+//! ops, each a tensor the size of the logits (SmolLM2's vocabulary is 49,152 tokens): libm's
+//! `expf` alone was 4 % of a scoring run. These ops compute every value with the same float32
 //! operations in the same order (candle's row max and row sum included), so the results are the
 //! same bits (tested below). They record no backward: training uses `attention_softmax` and
 //! `train::cross_entropy`.
